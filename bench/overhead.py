@@ -1,0 +1,131 @@
+"""Overhead of the gateway: llama.cpp's own OpenAI server vs our router, same GGUF.
+
+Both run side by side on loopback, each decoding with the same threads, and take the same
+greedy streaming requests in alternation (one at a time, so neither competes for the CPU).
+Prints time-to-first-token p50 and decode tokens/s for both, and their ratios.
+
+    ./dev bench-overhead [--rounds 3] [--max-tokens 64]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edge_common.stack import Proc, free_port, spawn, start_nats, start_service
+from edge_llm.backends.llamacpp import bundled_model
+from openai import OpenAI
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a CPU does in two sentences.",
+    "Give me three tips for better sleep.",
+    "Translate 'good morning' into Spanish and German.",
+]
+
+
+def measure(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    """(seconds to first content token, decode tokens/s after it, content chunks)."""
+    start = time.perf_counter()
+    first = last = 0.0
+    chunks = 0
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+            chunks += 1
+    rate = (chunks - 1) / (last - first) if chunks > 1 and last > first else 0.0
+    return first - start, rate, chunks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    threads = str(os.cpu_count())
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = (Path(tmp) / "bench.log").open("wb")
+        try:
+            llama_port = free_port()
+            llama = spawn(
+                "llama_cpp.server",
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(bundled_model()),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(llama_port),
+                    "--n_ctx",
+                    "2048",
+                    "--n_threads",
+                    threads,
+                    "--model_alias",
+                    "baseline",
+                ],
+                output=logs,
+            )
+            procs.append(llama)
+            llama.wait_ready(f"http://127.0.0.1:{llama_port}/v1/models", 60)
+            nats_port = free_port()
+            procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
+            env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{nats_port}", "EDGE_LOG_LEVEL": "warning"}
+            procs.append(start_service("llm", free_port(), env, output=logs))
+            router_port = free_port()
+            procs.append(start_service("router", router_port, env, output=logs))
+
+            targets = {
+                "llama.cpp server": (
+                    OpenAI(base_url=f"http://127.0.0.1:{llama_port}/v1", api_key="x"),
+                    "baseline",
+                ),
+                "edge router": (
+                    OpenAI(base_url=f"http://127.0.0.1:{router_port}/v1", api_key="x"),
+                    "smollm2-135m-instruct",
+                ),
+            }
+            for client, model in targets.values():
+                measure(client, model, "warm up", 4)
+            results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for prompt in PROMPTS:
+                    for name, (client, model) in targets.items():
+                        results[name].append(measure(client, model, prompt, args.max_tokens))
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+            logs.close()
+
+    n = args.rounds * len(PROMPTS)
+    print(f"\n{n} streaming requests per target, max_tokens={args.max_tokens}, greedy,", end="")
+    print(f" {threads} threads\n")
+    print(f"{'target':<18}{'TTFT p50 ms':>14}{'decode tok/s p50':>19}{'tokens':>9}")
+    summary = {}
+    for name, rows in results.items():
+        ttft = statistics.median(r[0] for r in rows) * 1000
+        rate = statistics.median(r[1] for r in rows)
+        summary[name] = (ttft, rate)
+        print(f"{name:<18}{ttft:>14.1f}{rate:>19.1f}{sum(r[2] for r in rows):>9}")
+    (base_ttft, base_rate), (ours_ttft, ours_rate) = summary.values()
+    ttft_ratio, rate_ratio = ours_ttft / base_ttft, ours_rate / base_rate
+    print(f"\nratio router/llama.cpp: TTFT x{ttft_ratio:.2f}, decode x{rate_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

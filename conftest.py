@@ -1,0 +1,98 @@
+"""Fixtures shared by every test in the workspace.
+
+One real nats-server (JetStream on) for the whole run, on free ports, always torn down.
+`stack` adds a real llm worker and router as separate processes, exactly as `edge-ai up`
+starts them; their logs go to files that tests can read.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from edge_common.stack import Proc, free_port, start_nats, start_service
+
+
+@dataclass
+class Nats:
+    url: str
+    proc: Proc
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
+    root = tmp_path_factory.mktemp("nats")
+    port = free_port()
+    with (root / "nats.log").open("wb") as log:
+        proc = start_nats(port, free_port(), root / "store", output=log)
+        try:
+            yield Nats(url=f"nats://127.0.0.1:{port}", proc=proc)
+        finally:
+            proc.stop()
+
+
+@dataclass
+class Service:
+    url: str
+    log_path: Path
+    proc: Proc
+
+    def log_events(self, event: str | None = None) -> list[dict]:
+        """The service's JSON log lines so far (optionally only those of one event)."""
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if event is None or record.get("event") == event:
+                    lines.append(record)
+        return lines
+
+
+def start(service: str, root: Path, env: dict[str, str]) -> Service:
+    port = free_port()
+    log_path = root / f"{service}.log"
+    with log_path.open("wb") as log:
+        proc = start_service(service, port, env, output=log)
+    return Service(url=f"http://127.0.0.1:{port}", log_path=log_path, proc=proc)
+
+
+@pytest.fixture(scope="session")
+def launch() -> Callable[[str, Path, dict[str, str]], Service]:
+    """Start `python -m edge_<service>` on a free port (logging to root/<service>.log)."""
+    return start
+
+
+@pytest.fixture(scope="session")
+def thermal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake sysfs tree: a CPU zone at 51.2 C and the NPU's zone at 47.5 C."""
+    root = tmp_path_factory.mktemp("sys")
+    for i, (kind, millideg) in enumerate([("soc-thermal", 51200), ("npu-thermal", 47500)]):
+        zone = root / "class" / "thermal" / f"thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(f"{kind}\n")
+        (zone / "temp").write_text(f"{millideg}\n")
+    return root
+
+
+@dataclass
+class Stack:
+    router: Service
+    llm: Service
+
+
+@pytest.fixture(scope="session")
+def stack(
+    nats_server: Nats, thermal_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    env = {"EDGE_NATS_URL": nats_server.url, "EDGE_ROUTER_SYSFS_ROOT": str(thermal_root)}
+    llm = start("llm", root, env)
+    try:
+        router = start("router", root, env)
+        try:
+            yield Stack(router=router, llm=llm)
+        finally:
+            router.proc.stop()
+    finally:
+        llm.proc.stop()

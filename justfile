@@ -1,0 +1,24 @@
+# Recipes run inside the synced .venv; `./dev <recipe>` syncs first.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+# list recipes
+default:
+    @just --list
+
+# start nats-server, the llm service and the router on 127.0.0.1:8000 (Ctrl-C stops all)
+up *args:
+    edge-ai up {{args}}
+
+# run the whole test suite
+test *args:
+    pytest {{args}}
+
+# lint and format check
+lint:
+    ruff check .
+    ruff format --check .
+
+# side-by-side benchmark: llama.cpp's own OpenAI server vs our router, same GGUF
+bench-overhead *args:
+    python bench/overhead.py {{args}}

@@ -1,0 +1,85 @@
+"""NATS connection and `nats.micro` service bootstrap.
+
+Services never address each other by host or port, only by subject: this module is the
+one place that knows how to reach the bus.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Handler
+from nats.micro.service import Service
+
+log = structlog.get_logger(__name__)
+
+
+class BusUnreachable(RuntimeError):
+    """NATS could not be reached at startup."""
+
+
+@asynccontextmanager
+async def connect(url: str, name: str, first_connect_s: float = 30.0) -> AsyncIterator[Client]:
+    """A connection that, once up, reconnects forever; drained on exit.
+
+    The first connection must succeed within `first_connect_s`: a service that cannot reach
+    the bus at startup exits with a clear error for its supervisor to restart it.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=repr(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    try:
+        async with asyncio.timeout(first_connect_s):
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+    except TimeoutError:
+        raise BusUnreachable(f"NATS at {url} unreachable for {first_connect_s} s") from None
+    try:
+        yield nc
+    finally:
+        if not nc.is_closed:
+            await nc.drain()
+
+
+@asynccontextmanager
+async def serve(
+    nc: Client,
+    *,
+    name: str,
+    version: str,
+    description: str,
+    endpoints: Mapping[str, Handler],
+    metadata: Mapping[str, str] | None = None,
+) -> AsyncIterator[Service]:
+    """Register a micro service (queue group `q`) with one endpoint per subject."""
+    service = await add_service(
+        nc, name=name, version=version, description=description, metadata=dict(metadata or {})
+    )
+    try:
+        for subject, handler in endpoints.items():
+            await service.add_endpoint(
+                name=subject.replace(".", "-"), subject=subject, handler=handler
+            )
+        await nc.flush()
+        log.info("service.started", name=name, id=service.id, subjects=list(endpoints))
+        yield service
+    finally:
+        await service.stop()

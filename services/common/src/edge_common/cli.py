@@ -1,0 +1,70 @@
+"""`edge-ai`: run the whole stack locally (`up`)."""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from edge_common.stack import Proc, StartError, start_nats, start_service
+
+READY = """
+edge-ai is up: http://{host}:{port}  (OpenAPI: http://{host}:{port}/schema)
+  curl http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+Ctrl-C stops everything.
+"""
+
+
+def up(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    env = {
+        "EDGE_NATS_URL": nats_url,
+        **{k: v for k, v in os.environ.items() if k.startswith("EDGE_")},
+    }
+    procs: list[Proc] = []
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        procs.append(start_nats(args.nats_port, args.nats_monitor_port, run_dir / "nats"))
+        procs.append(start_service("llm", args.llm_port, env, timeout=120))
+        procs.append(start_service("router", args.port, env | {"EDGE_ROUTER_HOST": args.host}))
+        print(READY.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
+        while all(p.popen.poll() is None for p in procs):
+            time.sleep(0.5)  # supervise: notice a child that died
+        dead = [p.name for p in procs if p.popen.poll() is not None]
+        print(f"edge-ai: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+        return 1
+    except StartError as exc:
+        print(f"edge-ai: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="edge-ai")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_up = commands.add_parser("up", help="start nats-server, the services and the router")
+    p_up.add_argument("--host", default="127.0.0.1")
+    p_up.add_argument("--port", type=int, default=8000)
+    p_up.add_argument("--llm-port", type=int, default=8101)
+    p_up.add_argument("--nats-port", type=int, default=4222)
+    p_up.add_argument("--nats-monitor-port", type=int, default=8222)
+    p_up.add_argument("--run-dir", default=".run")
+    p_up.set_defaults(func=up)
+    args = parser.parse_args()
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Typed settings from `EDGE_*` environment variables and an optional TOML file.
+
+Each service declares one msgspec Struct of settings. A field `port` of service `router`
+is read from `EDGE_ROUTER_PORT`, else from `EDGE_PORT` (shared by all services, handy for
+`EDGE_NATS_URL`), else from the `[router]` table (or the top level) of the TOML file named
+by `EDGE_CONFIG`, else it keeps its default. Scalars are parsed from their text, lists and
+tables from JSON. A bad value stops startup with an error naming the key.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class SettingsError(ValueError):
+    """A setting could not be read; the message names the key."""
+
+
+def _is_scalar(field: msgspec.inspect.Type) -> bool:
+    scalar = (
+        msgspec.inspect.StrType,
+        msgspec.inspect.IntType,
+        msgspec.inspect.FloatType,
+        msgspec.inspect.BoolType,
+        msgspec.inspect.LiteralType,
+        msgspec.inspect.NoneType,
+    )
+    if isinstance(field, msgspec.inspect.UnionType):
+        return all(_is_scalar(t) for t in field.types)
+    return isinstance(field, scalar)
+
+
+def load_settings(cls: type[T], service: str, env: Mapping[str, str] | None = None) -> T:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path := env.get("EDGE_CONFIG"):
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"EDGE_CONFIG: cannot read {path}: {exc}") from exc
+        raw |= {k: v for k, v in doc.items() if not isinstance(v, dict)}
+        raw |= doc.get(service, {})
+
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        for key in (f"EDGE_{service.upper()}_{field.name.upper()}", f"EDGE_{field.name.upper()}"):
+            if key not in env:
+                continue
+            text = env[key]
+            if _is_scalar(field.type):
+                raw[field.name] = text
+            else:
+                try:
+                    raw[field.name] = msgspec.json.decode(text)
+                except msgspec.DecodeError as exc:
+                    raise SettingsError(f"{key}: not valid JSON: {exc}") from exc
+            break
+
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        # msgspec names the path as `$.field...`: turn it into the env var a user would set
+        message = str(exc)
+        if " - at `$." in message:
+            message, _, path = message.partition(" - at `$.")
+            name = path.rstrip("`").split(".")[0].split("[")[0]
+            raise SettingsError(f"EDGE_{service.upper()}_{name.upper()}: {message}") from exc
+        raise SettingsError(f"{service} settings: {message}") from exc

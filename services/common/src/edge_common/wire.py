@@ -1,0 +1,104 @@
+"""Messages that cross a process boundary, msgpack-encoded on NATS.
+
+Versioning rule: a new field always gets a default so that older peers keep decoding.
+The llm protocol, per chat request:
+
+    router -> `llm.chat` (request/reply): ChatRequest, naming `stream_to`, an inbox the
+              router already listens on
+    worker -> reply: Accepted (the request is queued for generation), or a micro service
+              error (headers Nats-Service-Error-Code / Nats-Service-Error) with a code below
+    worker -> `stream_to`: Delta* then exactly one Done or Failed
+    router -> `llm.cancel.<request_id>`: Cancel, when the client went away
+"""
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+REQUEST_ID_HEADER: Final = "Edge-Request-Id"
+
+CHAT_SUBJECT: Final = "llm.chat"
+CANCEL_PREFIX: Final = "llm.cancel"
+
+# Error codes carried in Failed.code and in micro error headers. The router maps them to
+# HTTP statuses in exactly one place (edge_router.errors).
+ErrorCode = Literal[
+    "invalid_request",
+    "model_not_found",
+    "context_length_exceeded",
+    "generation_failed",
+    "unavailable",
+]
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every message: immutable, keyword-only."""
+
+
+class ChatMessage(Wire):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(Wire, tag="chat", kw_only=True):
+    v: int = PROTOCOL_VERSION
+    request_id: str
+    model: str
+    messages: list[ChatMessage]
+    stream_to: str
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    """None: the model's configured default."""
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class Cancel(Wire, tag="cancel"):
+    request_id: str
+
+
+class Accepted(Wire, tag="accepted"):
+    prompt_tokens: int
+
+
+class Delta(Wire, tag="delta"):
+    text: str
+
+
+class Done(Wire, tag="done"):
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Failed(Wire, tag="failed"):
+    code: ErrorCode
+    message: str
+
+
+Event = Delta | Done | Failed
+
+encode = msgspec.msgpack.Encoder().encode
+decode_request = msgspec.msgpack.Decoder(ChatRequest).decode
+decode_cancel = msgspec.msgpack.Decoder(Cancel).decode
+decode_accepted = msgspec.msgpack.Decoder(Accepted).decode
+decode_event = msgspec.msgpack.Decoder(Event).decode
+
+
+def cancel_subject(request_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{request_id}"
+
+
+class ModelCard(Wire):
+    """A model a worker serves, as advertised in its micro INFO metadata."""
+
+    id: str
+    context_length: int
+    owned_by: str = "edge"
+    created: int = 0
+
+
+models_encoder = msgspec.json.Encoder()
+decode_models = msgspec.json.Decoder(list[ModelCard]).decode

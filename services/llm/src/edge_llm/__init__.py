@@ -1,0 +1,1 @@
+"""NATS service `llm`: chat generation with token streaming and cancel, on a pluggable backend."""

@@ -1,0 +1,58 @@
+"""The llm worker process: model(s) loaded once, the NATS service, and /health over HTTP."""
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+from edge_common import bus, wire
+from litestar import Litestar, get
+from litestar.datastructures import State
+
+from edge_llm.backends import create_backend
+from edge_llm.server import LlmServer
+from edge_llm.settings import LlmSettings
+
+log = structlog.get_logger(__name__)
+VERSION = "0.1.0"
+
+
+@get("/health", sync_to_thread=False)
+def health(state: State) -> dict[str, Any]:
+    server: LlmServer = state.server
+    return {
+        "status": "ok",
+        "models": [card.id for card in state.cards],
+        "stats": server.stats(),
+    }
+
+
+def create_app(settings: LlmSettings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            backends = {}
+            for spec in settings.models:
+                backend = create_backend(spec)
+                backends[backend.card.id] = backend
+                log.info("llm.model_loaded", model=backend.card.id, backend=backend.kind)
+            cards = [b.card for b in backends.values()]
+            nc = await stack.enter_async_context(bus.connect(settings.nats_url, "llm"))
+            server = LlmServer(nc, backends)
+            cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
+            stack.push_async_callback(cancel_sub.unsubscribe)
+            await stack.enter_async_context(
+                bus.serve(
+                    nc,
+                    name="llm",
+                    version=VERSION,
+                    description="Chat generation with token streaming",
+                    endpoints={wire.CHAT_SUBJECT: server.on_chat},
+                    metadata={"models": wire.models_encoder.encode(cards).decode()},
+                )
+            )
+            app.state.server = server
+            app.state.cards = cards
+            yield
+
+    return Litestar([health], lifespan=[lifespan], logging_config=None)

@@ -1,0 +1,46 @@
+"""Generation backends. `create_backend(spec)` is the only door in.
+
+A backend formats and tokenizes a chat prompt and streams the generated text one token at
+a time. It knows nothing of NATS, stop strings or OpenAI: edge_llm.generation does that.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import msgspec
+from edge_common.wire import ChatMessage, ModelCard
+
+from edge_llm.backends.llamacpp import LlamaCppBackend, LlamaCppModel
+
+
+class Sampling(msgspec.Struct, frozen=True, kw_only=True):
+    temperature: float
+    top_p: float
+    seed: int | None
+    max_new_tokens: int
+
+
+class Backend(Protocol):
+    kind: str
+    card: ModelCard
+    spec: "ModelSpec"
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        """The model's chat template applied to `messages`, tokenized."""
+        ...
+
+    def stream(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[str]:
+        """Text of each generated token, until end of sequence or `max_new_tokens`.
+
+        Closing the iterator aborts generation; it returns once the model is free again.
+        """
+        ...
+
+
+ModelSpec = LlamaCppModel
+
+
+def create_backend(spec: ModelSpec) -> Backend:
+    match spec:
+        case LlamaCppModel():
+            return LlamaCppBackend(spec)

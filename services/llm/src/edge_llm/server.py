@@ -1,0 +1,137 @@
+"""The llm service on NATS: accepts chat requests, generates one at a time, streams events.
+
+A request is answered at once (Accepted, or an error the client caused) and generation runs
+in its own task, so that queued requests are acknowledged while another one generates.
+Cancel messages may overtake the request they cancel: those are remembered for a while.
+"""
+
+import asyncio
+import time
+from collections import OrderedDict
+
+import msgspec
+import structlog
+from edge_common import wire
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro.request import Request, ServiceError
+
+from edge_llm.backends import Backend
+from edge_llm.generation import Generation
+
+log = structlog.get_logger(__name__)
+
+EARLY_CANCEL_TTL_S = 60.0
+EARLY_CANCEL_MAX = 1024
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    queued: int
+    busy: bool
+    completed: int
+    cancelled: int
+    failed: int
+    generated_tokens: int
+    """Tokens generated since start, including those of the generation running now."""
+
+
+class LlmServer:
+    def __init__(self, nc: Client, backends: dict[str, Backend]) -> None:
+        self._nc = nc
+        self._backends = backends
+        self._gpu = asyncio.Lock()  # the accelerator runs one generation at a time, FIFO
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._early_cancels: OrderedDict[str, float] = OrderedDict()
+        self._current: Generation | None = None
+        self._queued = 0
+        self._ended = {"completed": 0, "cancelled": 0, "failed": 0}
+        self._ended_tokens = 0
+
+    def stats(self) -> Stats:
+        current = self._current
+        return Stats(
+            queued=self._queued,
+            busy=current is not None,
+            generated_tokens=self._ended_tokens + (current.completion_tokens if current else 0),
+            **self._ended,
+        )
+
+    async def on_chat(self, req: Request) -> None:
+        try:
+            request = wire.decode_request(req.data)
+        except msgspec.DecodeError as exc:
+            raise ServiceError("invalid_request", f"invalid chat request: {exc}") from exc
+        backend = self._backends.get(request.model)
+        if backend is None:
+            raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
+        prompt = backend.prompt_tokens(request.messages)
+        limit = backend.card.context_length
+        wanted = len(prompt) + (request.max_tokens or 1)
+        if wanted > limit:
+            detail = (
+                f"you requested {wanted} tokens ({len(prompt)} in the messages, "
+                f"{request.max_tokens} in the completion)"
+                if request.max_tokens
+                else f"your messages resulted in {len(prompt)} tokens"
+            )
+            raise ServiceError(
+                "context_length_exceeded",
+                f"This model's maximum context length is {limit} tokens. However, {detail}. "
+                "Please reduce the length of the messages or completion.",
+            )
+        if self._early_cancels.pop(request.request_id, None) is not None:
+            # the caller gave up before we saw the request: nobody listens, nothing to run
+            self._ended["cancelled"] += 1
+            log.info("llm.generation_cancelled", request_id=request.request_id, completion_tokens=0)
+        else:
+            task = asyncio.create_task(self._run(request, backend, prompt))
+            self._active[request.request_id] = task
+            task.add_done_callback(lambda _: self._active.pop(request.request_id, None))
+        await req.respond(wire.encode(wire.Accepted(prompt_tokens=len(prompt))))
+
+    async def on_cancel(self, msg: Msg) -> None:
+        request_id = wire.decode_cancel(msg.data).request_id
+        if task := self._active.get(request_id):
+            task.cancel()
+            return
+        now = time.monotonic()
+        self._early_cancels[request_id] = now
+        while self._early_cancels and (
+            len(self._early_cancels) > EARLY_CANCEL_MAX
+            or next(iter(self._early_cancels.values())) < now - EARLY_CANCEL_TTL_S
+        ):
+            self._early_cancels.popitem(last=False)
+
+    async def _run(self, request: wire.ChatRequest, backend: Backend, prompt: list[int]) -> None:
+        structlog.contextvars.bind_contextvars(request_id=request.request_id)
+        generation = Generation(backend, request, prompt)
+        outcome = "cancelled"
+        self._queued += 1
+        try:
+            async with self._gpu:
+                self._queued -= 1
+                self._current = generation
+                started = time.perf_counter()
+                log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
+                async for event in generation.events():
+                    await self._nc.publish(request.stream_to, wire.encode(event))
+                outcome = "completed"
+                log.info(
+                    "llm.generation_finished",
+                    completion_tokens=generation.completion_tokens,
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+        except asyncio.CancelledError:
+            if self._current is not generation:
+                self._queued -= 1  # cancelled while waiting for its turn: it never ran
+            log.info("llm.generation_cancelled", completion_tokens=generation.completion_tokens)
+        except Exception:
+            outcome = "failed"
+            log.exception("llm.generation_failed")
+            failed = wire.Failed(code="generation_failed", message="The model failed to generate.")
+            await self._nc.publish(request.stream_to, wire.encode(failed))
+        finally:
+            self._ended[outcome] += 1
+            self._ended_tokens += generation.completion_tokens
+            if self._current is generation:
+                self._current = None

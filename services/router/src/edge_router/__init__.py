@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible HTTP API in front of the edge services."""

@@ -1,0 +1,168 @@
+"""API errors in OpenAI's shape, and the one place that maps failures to HTTP statuses.
+
+Every error body is `{"error": {"message", "type", "param", "code"}}`. Logic raises an
+ApiError subclass (or a worker reports a wire error code); the exception handlers
+registered by `create_app` turn anything else, Litestar's own errors included, into that
+shape too, without leaking internals on a 500.
+"""
+
+import re
+from typing import Any, ClassVar
+
+import msgspec
+import structlog
+from edge_common.wire import ErrorCode
+from litestar import Request, Response
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+log = structlog.get_logger(__name__)
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(ErrorDetail(self.message, self.type, self.param, self.code))
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class Unavailable(ApiError):
+    status = 503
+    type = "server_error"
+
+
+class ServerError(ApiError):
+    status = 500
+    type = "server_error"
+
+
+RETRY_AFTER_S = 2
+
+
+def from_wire(code: str, message: str, request_id: str) -> ApiError:
+    """The API error for a worker's error code (edge_common.wire.ErrorCode)."""
+    match code:
+        case "invalid_request" | "context_length_exceeded":
+            return InvalidRequest(message, param="messages", code=code)
+        case "model_not_found":
+            return NotFound(message, param="model", code=code)
+        case "unavailable":
+            return unavailable(message)
+        case _:
+            return ServerError(
+                f"The server had an error while processing your request. Request id: {request_id}.",
+                code=code if code in ErrorCode.__args__ else None,
+            )
+
+
+def unavailable(message: str) -> Unavailable:
+    return Unavailable(
+        message, code="service_unavailable", headers={"retry-after": str(RETRY_AFTER_S)}
+    )
+
+
+def _response(error: ApiError) -> Response[ErrorBody]:
+    return Response(error.body(), status_code=error.status, headers=error.headers)
+
+
+def handle_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    return _response(exc)
+
+
+def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    """Litestar's body/parameter validation: name the offending field like OpenAI does."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], dict) else {}
+    key, message = first.get("key"), first.get("message") or exc.detail
+    # a field missing from the body itself is reported against the body ("data")
+    missing = re.fullmatch(r"Object missing required field `(.+)`", message)
+    if missing:
+        field = missing[1] if key == "data" else f"{key}.{missing[1]}"
+        return _response(
+            InvalidRequest(
+                f"Missing required parameter: '{field}'.",
+                param=field,
+                code="missing_required_parameter",
+            )
+        )
+    if key:
+        message = f"Invalid value for '{key}': {message}"
+    return _response(InvalidRequest(message, param=key or None, code="invalid_value"))
+
+
+def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Response[ErrorBody]:
+    if isinstance(exc.__cause__, SerializationException):
+        return _response(
+            InvalidRequest(
+                f"We could not parse the JSON body of your request: {exc.detail}",
+                code="invalid_json",
+            )
+        )
+    return handle_http(request, exc)
+
+
+def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    cls = {404: NotFound, 400: InvalidRequest}.get(exc.status_code)
+    if cls is None:
+        cls = type(
+            "HttpError", (ApiError,), {"status": exc.status_code, "type": "invalid_request_error"}
+        )
+    return _response(cls(exc.detail, headers=dict(exc.headers or {})))
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("router.unhandled_error", path=request.url.path)
+    return Response(
+        ServerError("The server had an error while processing your request.").body(),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+exception_handlers = {
+    ApiError: handle_api_error,
+    ValidationException: handle_validation,
+    ClientException: handle_client,
+    HTTPException: handle_http,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,125 @@
+"""The router's side of the llm protocol (edge_common.wire): stream one chat, discover models.
+
+`stream_chat` listens on a fresh inbox, asks `llm.chat` (a queue group: one worker takes
+it), and yields the worker's events. If the consumer stops early (client gone, error), the
+worker is told to cancel. Transport failures become ApiErrors here and nowhere else.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import structlog
+from edge_common import wire
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+
+from edge_router.errors import ApiError, from_wire, unavailable
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceInfo(msgspec.Struct):
+    """The part of a micro INFO reply we read."""
+
+    metadata: dict[str, str] = {}
+
+
+class LlmClient:
+    def __init__(self, nc: Client, *, accept_timeout: float, idle_timeout: float) -> None:
+        self._nc = nc
+        self._accept_timeout = accept_timeout
+        self._idle_timeout = idle_timeout
+
+    async def stream_chat(
+        self, request: wire.ChatRequest
+    ) -> tuple[wire.Accepted, AsyncIterator[wire.Delta | wire.Done]]:
+        """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        request = msgspec.structs.replace(request, stream_to=inbox)
+        headers = {wire.REQUEST_ID_HEADER: request.request_id}
+        try:
+            reply = await self._nc.request(
+                wire.CHAT_SUBJECT,
+                wire.encode(request),
+                timeout=self._accept_timeout,
+                headers=headers,
+            )
+        except NoRespondersError:
+            await sub.unsubscribe()
+            raise unavailable("No llm service is running; try again shortly.") from None
+        except NatsTimeout:
+            await sub.unsubscribe()
+            # the request may still be queued on a worker that is slow to answer
+            await self._cancel(request.request_id)
+            raise unavailable("The llm service did not answer in time.") from None
+        if reply.headers and ERROR_CODE_HEADER in reply.headers:
+            await sub.unsubscribe()
+            raise from_wire(
+                reply.headers[ERROR_CODE_HEADER],
+                reply.headers.get(ERROR_HEADER, ""),
+                request.request_id,
+            )
+        return wire.decode_accepted(reply.data), self._events(request.request_id, sub)
+
+    async def _events(self, request_id: str, sub) -> AsyncIterator[wire.Delta | wire.Done]:
+        finished = False
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self._idle_timeout)
+                except NatsTimeout:
+                    raise ApiError("The llm service stopped responding.", code="timeout") from None
+                event = wire.decode_event(msg.data)
+                if isinstance(event, wire.Failed):
+                    finished = True
+                    raise from_wire(event.code, event.message, request_id)
+                yield event
+                if isinstance(event, wire.Done):
+                    finished = True
+                    return
+        finally:
+            # shielded: this runs when the HTTP client went away and our task is cancelled
+            await asyncio.shield(self._close(request_id, sub, finished))
+
+    async def _close(self, request_id: str, sub, finished: bool) -> None:
+        if not finished:
+            await self._cancel(request_id)
+        await sub.unsubscribe()
+
+    async def _cancel(self, request_id: str) -> None:
+        log.info("router.cancel_sent", request_id=request_id)
+        await self._nc.publish(
+            wire.cancel_subject(request_id), wire.encode(wire.Cancel(request_id=request_id))
+        )
+        await self._nc.flush()
+
+    async def models(self, window: float) -> list[wire.ModelCard]:
+        """Models of every running llm instance: scatter INFO, gather replies for `window` s."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        try:
+            await self._nc.publish("$SRV.INFO.llm", b"", reply=inbox)
+            cards: dict[str, wire.ModelCard] = {}
+            deadline = asyncio.get_running_loop().time() + window
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except NatsTimeout:
+                    break
+                if not msg.data:  # a status message: "no responders"
+                    break
+                try:
+                    info = msgspec.json.decode(msg.data, type=ServiceInfo)
+                    found = wire.decode_models(info.metadata.get("models", "[]"))
+                except msgspec.DecodeError as exc:
+                    log.warning("router.bad_service_info", error=str(exc))
+                    continue
+                for card in found:
+                    cards.setdefault(card.id, card)
+            return list(cards.values())
+        finally:
+            await sub.unsubscribe()

@@ -1,0 +1,166 @@
+"""OpenAI's chat completions wire format (request and response), as msgspec Structs.
+
+Field names, nesting and defaults follow OpenAI's API so that any OpenAI client works
+unchanged. Response objects are encoded with every field present, nulls included, as
+OpenAI does.
+"""
+
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# --- request ---------------------------------------------------------------------------
+
+
+class Struct(msgspec.Struct, kw_only=True):
+    """Base of request-side types."""
+
+
+class TextPart(Struct, tag="text", tag_field="type", kw_only=True):
+    text: str
+
+
+class ImageUrl(Struct, kw_only=True):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImagePart(Struct, tag="image_url", tag_field="type", kw_only=True):
+    image_url: ImageUrl
+
+
+ContentPart = TextPart | ImagePart
+Text = str | list[TextPart]
+
+
+class SystemMessage(Struct, tag="system", tag_field="role", kw_only=True):
+    content: Text
+    name: str | None = None
+
+
+class DeveloperMessage(Struct, tag="developer", tag_field="role", kw_only=True):
+    content: Text
+    name: str | None = None
+
+
+class UserMessage(Struct, tag="user", tag_field="role", kw_only=True):
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(Struct, tag="assistant", tag_field="role", kw_only=True):
+    content: Text | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ToolMessage(Struct, tag="tool", tag_field="role", kw_only=True):
+    content: Text
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct, kw_only=True):
+    model: str
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] = 1
+    user: str | None = None
+    # Accepted so that the error for them is ours and clear, not a generic schema error.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+
+
+# --- response --------------------------------------------------------------------------
+
+
+class Out(msgspec.Struct, kw_only=True):
+    """Base of response-side types."""
+
+
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class Usage(Out, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(Out, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: None = None
+
+
+class Choice(Out, kw_only=True):
+    index: int = 0
+    message: ResponseMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(Out, kw_only=True):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ChunkDelta(Out, omit_defaults=True, kw_only=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Out, kw_only=True):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(Out, kw_only=True):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelObject(Out, kw_only=True):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(Out, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+def now() -> int:
+    return int(time.time())

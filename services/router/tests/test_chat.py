@@ -1,0 +1,123 @@
+"""Translating OpenAI requests to the llm wire protocol, and framing the chunk stream."""
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from edge_common import wire
+from edge_router import protocol as p
+from edge_router.chat import _chunks, to_wire
+from edge_router.errors import InvalidRequest
+
+decode_request = msgspec.json.Decoder(p.ChatCompletionRequest).decode
+
+
+def req(**body: object) -> p.ChatCompletionRequest:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    return decode_request(msgspec.json.encode(base | body))
+
+
+def test_message_forms_flatten_to_text() -> None:
+    """String and text-part contents, developer and system roles all reach the model as text."""
+    out = to_wire(
+        req(
+            messages=[
+                {"role": "developer", "content": "be brief"},
+                {"role": "system", "content": [{"type": "text", "text": "and kind"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+                {"role": "assistant", "content": None},
+            ]
+        ),
+        "rid",
+    )
+    assert [(m.role, m.content) for m in out.messages] == [
+        ("system", "be brief"),
+        ("system", "and kind"),
+        ("user", "a\nb"),
+        ("assistant", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"stop": "END"}, {"stop": ["END"]}),
+        ({"stop": ["a", "b"]}, {"stop": ["a", "b"]}),
+        ({"max_tokens": 7}, {"max_tokens": 7}),
+        ({"max_completion_tokens": 9}, {"max_tokens": 9}),
+        ({"temperature": 0, "top_p": 0.5, "seed": 3}, {"temperature": 0, "top_p": 0.5, "seed": 3}),
+        ({}, {"stop": [], "max_tokens": None, "temperature": None, "seed": None}),
+    ],
+)
+def test_sampling_fields_carry_over(body: dict, expected: dict) -> None:
+    """OpenAI's sampling fields land in the wire request with the same meaning."""
+    out = to_wire(req(**body), "rid")
+    assert {k: getattr(out, k) for k in expected} == expected
+    assert out.request_id == "rid"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"max_tokens": 5, "max_completion_tokens": 6}, "max_tokens"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:,"}}],
+                    }
+                ]
+            },
+            "messages[0].content",
+        ),
+        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "c"}]}, "messages[0].role"),
+    ],
+    ids=["n", "tools", "json-mode", "two-budgets", "image", "tool-message"],
+)
+def test_unsupported_requests_name_the_field(body: dict, param: str) -> None:
+    """What the local model cannot do is a 400 naming the field, not a silent drop."""
+    with pytest.raises(InvalidRequest) as err:
+        to_wire(req(**body), "rid")
+    assert err.value.param == param
+
+
+async def events(*items: wire.Delta | wire.Done) -> AsyncIterator[wire.Delta | wire.Done]:
+    for item in items:
+        yield item
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_chunks_follow_openai_sequence(include_usage: bool) -> None:
+    """Role chunk first, one chunk per delta, a finish chunk, then the usage chunk if asked."""
+    done = wire.Done(finish_reason="length", prompt_tokens=4, completion_tokens=2)
+    chunks = [
+        c
+        async for c in _chunks(
+            events(wire.Delta(text="He"), wire.Delta(text="y"), done), "id1", "m", include_usage
+        )
+    ]
+    encoded = [msgspec.to_builtins(c) for c in chunks]
+    assert [c["choices"][0]["delta"] for c in encoded[:4]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "He"},
+        {"content": "y"},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in encoded[:4]] == [None, None, None, "length"]
+    assert {c["id"] for c in encoded} == {"id1"}
+    assert {c["object"] for c in encoded} == {"chat.completion.chunk"}
+    if include_usage:
+        assert encoded[4]["choices"] == []
+        assert encoded[4]["usage"] == {
+            "prompt_tokens": 4,
+            "completion_tokens": 2,
+            "total_tokens": 6,
+        }
+    assert len(encoded) == 4 + include_usage

@@ -1,0 +1,119 @@
+"""/v1/models, /health, OpenAPI and every client mistake, through the running router."""
+
+import httpx
+import pytest
+from openai import NotFoundError, OpenAI
+
+
+def test_models_lists_what_workers_serve(client: OpenAI, model: str) -> None:
+    """/v1/models is OpenAI's list shape, filled from the workers' micro INFO."""
+    models = client.models.list()
+    assert [m.id for m in models.data] == [model]
+    assert models.data[0].object == "model"
+    assert models.data[0].owned_by
+    assert models.data[0].created > 0
+
+
+def test_health_reports_services_and_npu_temperature(http: httpx.Client) -> None:
+    """/health shows the llm service reachable and the NPU zone's temperature in C."""
+    body = http.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["services"]["llm"]["reachable"] is True
+    assert body["npu"] == {"temperature_c": 47.5, "thermal_zone": "npu-thermal"}
+
+
+def test_openapi_schema_served(http: httpx.Client) -> None:
+    """The OpenAPI document lists the API with the chat request schema."""
+    doc = http.get("/schema/openapi.json").json()
+    assert {"/v1/chat/completions", "/v1/models", "/health"} <= doc["paths"].keys()
+    assert "ChatCompletionRequest" in str(doc["components"])
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": []}, "messages"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "abc"},
+            "max_tokens",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 7},
+            "temperature",
+        ),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, None),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+    ],
+    ids=["no-messages", "empty-messages", "wrong-type", "out-of-range", "bad-role", "n"],
+)
+def test_bad_requests_are_400_naming_the_field(
+    http: httpx.Client, body: dict, param: str | None
+) -> None:
+    """Schema violations are 400 invalid_request_error, naming the field when there is one."""
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    if param:
+        assert param in error["param"]
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    """A body that is not JSON is a 400 in OpenAI's error shape."""
+    response = http.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = error_of(response)
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_json")
+
+
+def test_unknown_model_is_404(client: OpenAI) -> None:
+    """An unknown model is 404 model_not_found, as OpenAI answers."""
+    with pytest.raises(NotFoundError) as err:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert err.value.code == "model_not_found"
+    assert err.value.body["param"] == "model"
+
+
+def test_prompt_beyond_context_is_400(http: httpx.Client, model: str) -> None:
+    """A prompt longer than the context window is 400 context_length_exceeded."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hello " * 2500}]}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "context_length_exceeded"
+    assert "2048" in error["message"]
+
+
+def test_unknown_path_is_404_in_openai_shape(http: httpx.Client) -> None:
+    """Even routing errors come in OpenAI's error shape."""
+    response = http.get("/v1/nope")
+    assert response.status_code == 404
+    error_of(response)
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("client-id_42", True), ("llm.cancel.*", False), ("x" * 65, False), ("", False)],
+    ids=["safe", "subject-chars", "too-long", "empty"],
+)
+def test_request_id_echoed_only_when_safe(http: httpx.Client, sent: str, echoed: bool) -> None:
+    """A safe x-request-id is echoed; anything else is replaced by a fresh id, errors included."""
+    response = http.post(
+        "/v1/chat/completions", json={"model": "m"}, headers={"x-request-id": sent}
+    )
+    assert response.status_code == 400
+    got = response.headers["x-request-id"]
+    assert (got == sent) is echoed
+    assert len(got) <= 64
+    assert got.replace("-", "").replace("_", "").isalnum()

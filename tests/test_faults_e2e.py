@@ -1,0 +1,107 @@
+"""Failures behind the router: no llm service, and a worker whose generation fails.
+
+A real generation failure cannot be provoked in llama.cpp on demand, so a stand-in worker
+joins the bus: it speaks the real llm wire protocol and fails where we tell it to.
+"""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from edge_common import bus, wire
+from edge_common.stack import free_port, start_nats
+from nats.micro.request import Request
+from openai import APIError, AsyncOpenAI, InternalServerError
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory, launch) -> Iterator[tuple[str, object]]:
+    """A nats-server and a router on it, with no llm service."""
+    root: Path = tmp_path_factory.mktemp("bare")
+    port = free_port()
+    with (root / "nats.log").open("wb") as log:
+        nats = start_nats(port, free_port(), root / "store", output=log)
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        router = launch("router", root, {"EDGE_NATS_URL": url, "EDGE_ROUTER_ACCEPT_TIMEOUT_S": "2"})
+        try:
+            yield url, router
+        finally:
+            router.proc.stop()
+    finally:
+        nats.stop()
+
+
+BODY = {"model": "flaky", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_no_llm_service_is_503_with_retry_after(bare) -> None:
+    """Without any llm worker the router answers 503 with Retry-After, and /health says so."""
+    _, router = bare
+    response = httpx.post(f"{router.url}/v1/chat/completions", json=BODY)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert response.json()["error"]["type"] == "server_error"
+    health = httpx.get(f"{router.url}/health").json()
+    assert health["status"] == "degraded"
+    assert health["services"]["llm"]["reachable"] is False
+
+
+@pytest.fixture
+async def failing_worker(bare) -> AsyncIterator[list[int]]:
+    """A stand-in llm worker: accepts, streams `deltas` tokens, then reports a failure."""
+    url, _ = bare
+    plan = [0]
+
+    async def on_chat(req: Request) -> None:
+        request = wire.decode_request(req.data)
+        await req.respond(wire.encode(wire.Accepted(prompt_tokens=1)))
+        for _ in range(plan[0]):
+            await nc.publish(request.stream_to, wire.encode(wire.Delta(text="tok ")))
+        failed = wire.Failed(code="generation_failed", message="CUDA out of memory at 0x7f3a")
+        await nc.publish(request.stream_to, wire.encode(failed))
+
+    async with (
+        bus.connect(url, "fake-llm") as nc,
+        bus.serve(
+            nc,
+            name="llm",
+            version="0.0.1",
+            description="fails",
+            endpoints={wire.CHAT_SUBJECT: on_chat},
+        ),
+    ):
+        yield plan
+
+
+async def test_generation_error_is_500_without_internals(bare, failing_worker) -> None:
+    """A worker failure is a 500 in OpenAI's shape that names the request, not the cause."""
+    _, router = bare
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{router.url}/v1/chat/completions", json=BODY)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    assert "memory" not in error["message"]
+    assert "0x7f3a" not in error["message"]
+    assert response.headers["x-request-id"] in error["message"]
+
+
+async def test_failure_mid_stream_is_a_final_error_event(bare, failing_worker) -> None:
+    """After tokens were streamed, a failure arrives as an error event the SDK raises."""
+    _, router = bare
+    failing_worker[0] = 2
+    async with AsyncOpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(**BODY, stream=True)
+        seen: list[str | None] = []
+
+        async def read_all() -> None:
+            async for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
+
+        with pytest.raises(APIError) as err:
+            await read_all()
+    assert seen == ["", "tok ", "tok "]
+    assert not isinstance(err.value, InternalServerError)  # it came in-band, on a 200 stream
+    assert "0x7f3a" not in str(err.value)
