@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_common.stack import Proc, free_port, spawn, start_nats, start_service
 from edge_llm.backends.llamacpp import bundled_model
+from llama_cpp import Llama
 from openai import OpenAI
 
 PROMPTS = [
@@ -28,11 +29,17 @@ PROMPTS = [
 ]
 
 
-def measure(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
-    """(seconds to first content token, decode tokens/s after it, content chunks)."""
+def measure(
+    client: OpenAI, model: str, prompt: str, max_tokens: int, vocab: Llama
+) -> tuple[float, float, int]:
+    """(seconds to first content, decode tokens/s after it, tokens generated).
+
+    Tokens are counted by tokenizing the streamed text, the same way for both servers:
+    a server may pack several tokens into one chunk.
+    """
     start = time.perf_counter()
     first = last = 0.0
-    chunks = 0
+    text = []
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": prompt}],
@@ -44,9 +51,10 @@ def measure(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[f
         if chunk.choices and chunk.choices[0].delta.content:
             last = time.perf_counter()
             first = first or last
-            chunks += 1
-    rate = (chunks - 1) / (last - first) if chunks > 1 and last > first else 0.0
-    return first - start, rate, chunks
+            text.append(chunk.choices[0].delta.content)
+    tokens = len(vocab.tokenize("".join(text).encode(), add_bos=False))
+    rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0
+    return first - start, rate, tokens
 
 
 def main() -> None:
@@ -100,13 +108,14 @@ def main() -> None:
                     "smollm2-135m-instruct",
                 ),
             }
+            vocab = Llama(str(bundled_model()), vocab_only=True, verbose=False)
             for client, model in targets.values():
-                measure(client, model, "warm up", 4)
+                measure(client, model, "warm up", 4, vocab)
             results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for prompt in PROMPTS:
                     for name, (client, model) in targets.items():
-                        results[name].append(measure(client, model, prompt, args.max_tokens))
+                        results[name].append(measure(client, model, prompt, args.max_tokens, vocab))
         finally:
             for proc in reversed(procs):
                 proc.stop()
