@@ -47,6 +47,7 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
         for proc in reversed(procs):
             proc.stop()
 

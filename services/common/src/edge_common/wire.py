@@ -46,7 +46,8 @@ class ChatRequest(Wire, tag="chat", kw_only=True):
     request_id: str
     model: str
     messages: list[ChatMessage]
-    stream_to: str
+    stream_to: str = ""
+    """Inbox for the events; the transport fills it in."""
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     """None: the model's configured default."""

@@ -64,7 +64,6 @@ def to_wire(request: p.ChatCompletionRequest, request_id: str) -> wire.ChatReque
         request_id=request_id,
         model=request.model,
         messages=_messages(request.messages),
-        stream_to="",
         max_tokens=request.max_completion_tokens or request.max_tokens,
         temperature=request.temperature,
         top_p=request.top_p,
