@@ -5,19 +5,25 @@ import pytest
 from openai import NotFoundError, OpenAI
 
 
-def test_models_lists_what_workers_serve(client: OpenAI, model: str) -> None:
-    """/v1/models is OpenAI's list shape, filled from the workers' micro INFO."""
-    models = client.models.list()
-    assert [m.id for m in models.data] == [model]
-    assert models.data[0].object == "model"
-    assert models.data[0].owned_by
-    assert models.data[0].created > 0
+def test_models_lists_aliases_and_what_workers_serve(client: OpenAI, model: str) -> None:
+    """/v1/models is OpenAI's list shape: the aliases, then the workers' models (micro INFO)."""
+    models = client.models.list().data
+    assert [(m.id, m.route) for m in models] == [
+        ("auto", "auto"),
+        ("local", "local"),
+        ("cloud", "cloud"),
+        (model, "local"),
+    ]
+    assert {m.object for m in models} == {"model"}
+    assert models[-1].owned_by
+    assert models[-1].created > 0
 
 
 def test_health_reports_services_and_npu_temperature(http: httpx.Client) -> None:
     """/health shows the llm service reachable and the NPU zone's temperature in C."""
     body = http.get("/health").json()
     assert body["status"] == "ok"
+    assert body["mode"] == "local-only"  # no cloud upstream configured
     assert body["services"]["llm"]["reachable"] is True
     assert body["npu"] == {"temperature_c": 47.5, "thermal_zone": "npu-thermal"}
 

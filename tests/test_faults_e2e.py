@@ -36,10 +36,11 @@ def bare(tmp_path_factory: pytest.TempPathFactory, launch) -> Iterator[tuple[str
 BODY = {"model": "flaky", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_no_llm_service_is_503_with_retry_after(bare) -> None:
+@pytest.mark.parametrize("model", ["auto", "local"])
+def test_no_llm_service_is_503_with_retry_after(bare, model: str) -> None:
     """Without any llm worker the router answers 503 with Retry-After, and /health says so."""
     _, router = bare
-    response = httpx.post(f"{router.url}/v1/chat/completions", json=BODY)
+    response = httpx.post(f"{router.url}/v1/chat/completions", json={**BODY, "model": model})
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) > 0
     assert response.json()["error"]["type"] == "server_error"
@@ -62,6 +63,7 @@ async def failing_worker(bare) -> AsyncIterator[list[int]]:
         failed = wire.Failed(code="generation_failed", message="CUDA out of memory at 0x7f3a")
         await nc.publish(request.stream_to, wire.encode(failed))
 
+    cards = [wire.ModelCard(id="flaky", context_length=2048)]
     async with (
         bus.connect(url, "fake-llm") as nc,
         bus.serve(
@@ -70,6 +72,7 @@ async def failing_worker(bare) -> AsyncIterator[list[int]]:
             version="0.0.1",
             description="fails",
             endpoints={wire.CHAT_SUBJECT: on_chat},
+            metadata={"models": wire.models_encoder.encode(cards).decode()},
         ),
     ):
         yield plan

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from edge_common import wire
 from edge_router import protocol as p
-from edge_router.chat import _chunks, to_wire
+from edge_router.chat import chunks, to_wire
 from edge_router.errors import InvalidRequest
 
 decode_request = msgspec.json.Decoder(p.ChatCompletionRequest).decode
@@ -31,6 +31,7 @@ def test_message_forms_flatten_to_text() -> None:
                 {"role": "assistant", "content": None},
             ]
         ),
+        "m",
         "rid",
     )
     assert [(m.role, m.content) for m in out.messages] == [
@@ -54,7 +55,7 @@ def test_message_forms_flatten_to_text() -> None:
 )
 def test_sampling_fields_carry_over(body: dict, expected: dict) -> None:
     """OpenAI's sampling fields land in the wire request with the same meaning."""
-    out = to_wire(req(**body), "rid")
+    out = to_wire(req(**body), "m", "rid")
     assert {k: getattr(out, k) for k in expected} == expected
     assert out.request_id == "rid"
 
@@ -84,7 +85,7 @@ def test_sampling_fields_carry_over(body: dict, expected: dict) -> None:
 def test_unsupported_requests_name_the_field(body: dict, param: str) -> None:
     """What the local model cannot do is a 400 naming the field, not a silent drop."""
     with pytest.raises(InvalidRequest) as err:
-        to_wire(req(**body), "rid")
+        to_wire(req(**body), "m", "rid")
     assert err.value.param == param
 
 
@@ -97,13 +98,13 @@ async def events(*items: wire.Delta | wire.Done) -> AsyncIterator[wire.Delta | w
 async def test_chunks_follow_openai_sequence(include_usage: bool) -> None:
     """Role chunk first, one chunk per delta, a finish chunk, then the usage chunk if asked."""
     done = wire.Done(finish_reason="length", prompt_tokens=4, completion_tokens=2)
-    chunks = [
+    got = [
         c
-        async for c in _chunks(
+        async for c in chunks(
             events(wire.Delta(text="He"), wire.Delta(text="y"), done), "id1", "m", include_usage
         )
     ]
-    encoded = [msgspec.to_builtins(c) for c in chunks]
+    encoded = [msgspec.to_builtins(c) for c in got]
     assert [c["choices"][0]["delta"] for c in encoded[:4]] == [
         {"role": "assistant", "content": ""},
         {"content": "He"},

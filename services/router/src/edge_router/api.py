@@ -1,74 +1,117 @@
-"""HTTP surface: OpenAI-compatible endpoints and /health. Thin: framing and status only."""
+"""HTTP surface: OpenAI-compatible endpoints, the route explainer and /health. Framing only."""
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import structlog
 from edge_common.thermal import npu_temperature
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
+from edge_router import policy
 from edge_router import protocol as p
-from edge_router.chat import ChatService
+from edge_router.chat import ChatService, Routed
+from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError
-from edge_router.llm_client import LlmClient
+from edge_router.local_state import LocalCatalog, LocalLoad
 from edge_router.request_id import request_id_of
 from edge_router.settings import RouterSettings
 
 log = structlog.get_logger(__name__)
-_json = msgspec.json.Encoder()
+LOCAL_ONLY_HEADER = "x-edge-local-only"
 
 
-def _sse(obj: msgspec.Struct) -> bytes:
-    return b"data: " + _json.encode(obj) + b"\n\n"
-
-
-async def _sse_stream(chunks: AsyncIterator[p.ChatCompletionChunk]) -> AsyncIterator[bytes]:
+async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
-        async for chunk in chunks:
-            yield _sse(chunk)
+        async for payload in payloads:
+            yield b"data: " + payload + b"\n\n"
     except ApiError as exc:
         # headers are gone: the failure travels as a last event, as OpenAI does
         log.warning("router.stream_failed", error=exc.message, code=exc.code)
-        yield _sse(exc.body())
+        yield b"data: " + p.encode(exc.body()) + b"\n\n"
         return
     yield b"data: [DONE]\n\n"
+
+
+def _local_only(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+
+
+def _route_headers(routed: Routed) -> dict[str, str]:
+    d = routed.decision
+    return {
+        "x-edge-route": d.target,
+        "x-edge-route-reason": "; ".join(d.reasons),
+        "x-edge-model": d.model,
+    }
 
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(
     data: p.ChatCompletionRequest, chat: ChatService, request: Request[Any, Any, Any]
 ) -> Response[Any]:
-    request_id = request_id_of(request.scope)
-    if not data.stream:
-        return Response(await chat.complete(data, request_id))
-    chunks = await chat.stream(data, request_id)
-    return Stream(
-        _sse_stream(chunks),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    raw = await request.json()
+    routed = await chat.handle(data, raw, request_id_of(request.scope), _local_only(request))
+    log.info(
+        "router.routed",
+        route=routed.decision.target,
+        model=routed.decision.model,
+        reasons=routed.decision.reasons,
     )
+    headers = _route_headers(routed)
+    if isinstance(routed.body, bytes):
+        return Response(routed.body, media_type="application/json", headers=headers)
+    return Stream(
+        _sse(routed.body),
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+@post("/v1/route/explain", status_code=200)
+async def explain_route(
+    data: p.ChatCompletionRequest, chat: ChatService, request: Request[Any, Any, Any]
+) -> dict[str, Any]:
+    """Where this chat request would go, and why, without running it."""
+    return await chat.explain(data, _local_only(request))
 
 
 @get("/v1/models")
-async def list_models(llm: LlmClient, settings: RouterSettings) -> p.ModelList:
-    cards = await llm.models(settings.discovery_window_s)
-    return p.ModelList(
-        data=[p.ModelObject(id=c.id, created=c.created, owned_by=c.owned_by) for c in cards]
-    )
+async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
+    aliases = [p.ModelObject(id=a, created=0, owned_by="edge", route=a) for a in policy.ALIASES]
+    local = [
+        p.ModelObject(id=c.id, created=c.created, owned_by=c.owned_by, route="local")
+        for c in catalog.cards.values()
+    ]
+    remote = [
+        p.ModelObject(id=m, created=0, owned_by=upstream, route="cloud")
+        for m, upstream in cloud.models().items()
+    ]
+    return p.ModelList(data=[*aliases, *local, *remote])
 
 
 @get("/health")
-async def health(llm: LlmClient, settings: RouterSettings, state: State) -> dict[str, Any]:
-    cards = await llm.models(settings.discovery_window_s)
+async def health(
+    catalog: LocalCatalog,
+    load: LocalLoad,
+    cloud: CloudClient,
+    settings: RouterSettings,
+    state: State,
+) -> dict[str, Any]:
+    await catalog.refresh()
     zone = npu_temperature(Path(settings.sysfs_root))
     return {
-        "status": "ok" if cards else "degraded",
+        "status": "ok" if catalog.cards else "degraded",
+        "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
         "nats": {"connected": state.nc.is_connected},
-        "services": {"llm": {"reachable": bool(cards), "models": [c.id for c in cards]}},
+        "services": {"llm": {"reachable": bool(catalog.cards), "models": list(catalog.cards)}},
+        "local": {"inflight": load.inflight, "queue_wait_s": round(load.wait_s(), 3)},
+        "cloud": {
+            name: {"breaker": breaker.state, "retry_in_s": round(breaker.retry_in(), 3)}
+            for name, breaker in cloud.breakers.items()
+        },
         "npu": {
             "temperature_c": zone.celsius if zone else None,
             "thermal_zone": zone.type if zone else None,

@@ -1,7 +1,9 @@
 """The router application: wiring only. Long-lived things are built once in the lifespan."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from edge_common import bus
 from litestar import Litestar
@@ -9,20 +11,16 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from edge_router.api import chat_completions, health, list_models
+from edge_router.api import chat_completions, explain_route, health, list_models
 from edge_router.chat import ChatService
+from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
 from edge_router.llm_client import LlmClient
+from edge_router.local_state import LocalCatalog, LocalLoad
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
 
-
-def provide_llm(state: State) -> LlmClient:
-    return state.llm
-
-
-def provide_chat(state: State) -> ChatService:
-    return state.chat
+PROVIDED = ("chat", "catalog", "load", "cloud")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -33,18 +31,42 @@ def create_app(settings: RouterSettings) -> Litestar:
             llm = LlmClient(
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )
-            app.state.nc = nc
-            app.state.llm = llm
-            app.state.chat = ChatService(llm)
+            cloud = CloudClient(settings.upstreams)
+            stack.push_async_callback(cloud.aclose)
+            catalog = LocalCatalog(llm, settings.discovery_window_s)
+            await catalog.refresh()
+            refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
+            stack.callback(refresher.cancel)
+            load = LocalLoad()
+            app.state.update(
+                nc=nc,
+                cloud=cloud,
+                catalog=catalog,
+                load=load,
+                chat=ChatService(
+                    llm,
+                    cloud,
+                    catalog,
+                    load,
+                    settings.policy,
+                    Path(settings.sysfs_root),
+                    settings.local_only,
+                ),
+            )
             yield
 
+    def from_state(name: str) -> Provide:
+        def provide(state: State) -> object:
+            return state[name]
+
+        return Provide(provide, sync_to_thread=False)
+
     return Litestar(
-        [chat_completions, list_models, health],
+        [chat_completions, explain_route, list_models, health],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         dependencies={
-            "llm": Provide(provide_llm, sync_to_thread=False),
-            "chat": Provide(provide_chat, sync_to_thread=False),
+            **{name: from_state(name) for name in PROVIDED},
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,  # type: ignore[arg-type]

@@ -1,15 +1,36 @@
-"""Chat completions: OpenAI request in, `chat.completion` or a stream of chunks out.
+"""Chat completions: decide where a request runs, run it there, fall back when that fails.
 
-Pure of HTTP: returns values and async iterators of response objects; api.py frames them.
+Pure of HTTP: returns a Routed value whose body is either one JSON document or an async
+iterator of SSE payloads (JSON bytes); api.py frames them. Local answers are built from
+the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 """
 
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import msgspec
+import structlog
 from edge_common import wire
+from edge_common.thermal import npu_temperature
 
+from edge_router import policy
 from edge_router import protocol as p
-from edge_router.errors import InvalidRequest
+from edge_router.cloud import CloudClient
+from edge_router.errors import ApiError, BadGateway, InvalidRequest, Unavailable
 from edge_router.llm_client import LlmClient
+from edge_router.local_state import LocalCatalog, LocalLoad
+from edge_router.settings import PolicySettings
+
+log = structlog.get_logger(__name__)
+_json = msgspec.json.Encoder()
+
+Body = bytes | AsyncIterator[bytes]
+
+
+class Routed(msgspec.Struct, frozen=True):
+    decision: policy.Decision
+    body: Body
 
 
 def _text(content: p.Text | list[p.ContentPart] | None, index: int) -> str:
@@ -25,6 +46,10 @@ def _text(content: p.Text | list[p.ContentPart] | None, index: int) -> str:
             )
         parts.append(part.text)
     return "\n".join(parts)
+
+
+def _unsupported(what: str, param: str) -> InvalidRequest:
+    return InvalidRequest(f"Local models do not support {what}.", param=param, code="unsupported")
 
 
 def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
@@ -44,25 +69,26 @@ def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
     return out
 
 
-def _unsupported(what: str, param: str) -> InvalidRequest:
-    return InvalidRequest(f"Local models do not support {what}.", param=param, code="unsupported")
-
-
-def to_wire(request: p.ChatCompletionRequest, request_id: str) -> wire.ChatRequest:
+def check(request: p.ChatCompletionRequest) -> None:
+    """What no target accepts, whatever the route."""
     if request.n != 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
-    for name in ("tools", "response_format", "logprobs"):
-        if getattr(request, name):
-            raise _unsupported(name, name)
     both = request.max_tokens and request.max_completion_tokens
     if both and request.max_tokens != request.max_completion_tokens:
         raise InvalidRequest(
             "Set max_tokens or max_completion_tokens, not both.", param="max_tokens"
         )
+
+
+def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> wire.ChatRequest:
+    check(request)
+    for name in ("tools", "response_format", "logprobs"):
+        if getattr(request, name):
+            raise _unsupported(name, name)
     stop = [request.stop] if isinstance(request.stop, str) else (request.stop or [])
     return wire.ChatRequest(
         request_id=request_id,
-        model=request.model,
+        model=model,
         messages=_messages(request.messages),
         max_tokens=request.max_completion_tokens or request.max_tokens,
         temperature=request.temperature,
@@ -70,42 +96,6 @@ def to_wire(request: p.ChatCompletionRequest, request_id: str) -> wire.ChatReque
         stop=stop,
         seed=request.seed,
     )
-
-
-class ChatService:
-    def __init__(self, llm: LlmClient) -> None:
-        self._llm = llm
-
-    async def complete(self, request: p.ChatCompletionRequest, request_id: str) -> p.ChatCompletion:
-        _, events = await self._llm.stream_chat(to_wire(request, request_id))
-        text: list[str] = []
-        done: wire.Done | None = None
-        async for event in events:
-            if isinstance(event, wire.Delta):
-                text.append(event.text)
-            else:
-                done = event
-        assert done is not None  # the event stream ends with Done or raises
-        return p.ChatCompletion(
-            id=f"chatcmpl-{request_id}",
-            created=p.now(),
-            model=request.model,
-            choices=[
-                p.Choice(
-                    message=p.ResponseMessage(content="".join(text)),
-                    finish_reason=done.finish_reason,
-                )
-            ],
-            usage=_usage(done),
-        )
-
-    async def stream(
-        self, request: p.ChatCompletionRequest, request_id: str
-    ) -> AsyncIterator[p.ChatCompletionChunk]:
-        """Submits at once (errors raise before the first chunk); returns the chunk stream."""
-        _, events = await self._llm.stream_chat(to_wire(request, request_id))
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return _chunks(events, f"chatcmpl-{request_id}", request.model, include_usage)
 
 
 def _usage(done: wire.Done) -> p.Usage:
@@ -116,7 +106,7 @@ def _usage(done: wire.Done) -> p.Usage:
     )
 
 
-async def _chunks(
+async def chunks(
     events: AsyncIterator[wire.Delta | wire.Done], id_: str, model: str, include_usage: bool
 ) -> AsyncIterator[p.ChatCompletionChunk]:
     created = p.now()
@@ -139,3 +129,154 @@ async def _chunks(
                 yield p.ChatCompletionChunk(
                     id=id_, created=created, model=model, choices=[], usage=_usage(event)
                 )
+
+
+class ChatService:
+    def __init__(
+        self,
+        llm: LlmClient,
+        cloud: CloudClient,
+        catalog: LocalCatalog,
+        load: LocalLoad,
+        policy_settings: PolicySettings,
+        sysfs_root: Path,
+        local_only: bool,
+    ) -> None:
+        self._llm = llm
+        self._cloud = cloud
+        self._catalog = catalog
+        self._load = load
+        self._policy = policy_settings
+        self._sysfs_root = sysfs_root
+        self._local_only = local_only
+
+    async def state(self, model: str, local_only: bool) -> policy.State:
+        known = model in policy.ALIASES or model in self._catalog.cards
+        if (not known and model not in self._cloud.models()) or not self._catalog.cards:
+            await self._catalog.refresh()  # a worker may have come up since the last round
+        zone = npu_temperature(self._sysfs_root)
+        return policy.State(
+            local=policy.Local(
+                models=self._catalog.windows(),
+                queue_wait_s=self._load.wait_s(),
+                npu_temp_c=zone.celsius if zone else None,
+            ),
+            cloud=policy.Cloud(
+                models=self._cloud.models(), open_breakers=self._cloud.open_breakers()
+            ),
+            local_only=local_only or self._local_only,
+        )
+
+    async def explain(self, request: p.ChatCompletionRequest, local_only: bool) -> dict[str, Any]:
+        features = policy.features_of(request)
+        state = await self.state(request.model, local_only)
+        score, named = policy.complexity(features, self._policy)
+        out: dict[str, Any] = {
+            "features": features,
+            "complexity": {"score": score, "from": named, "threshold": self._policy.hard_score},
+            "state": state,
+        }
+        try:
+            out["decision"] = policy.decide(request.model, features, state, self._policy)
+        except ApiError as exc:
+            out["decision"] = None
+            out["error"] = exc.body()
+            out["status"] = exc.status
+        return out
+
+    async def handle(
+        self,
+        request: p.ChatCompletionRequest,
+        raw: dict[str, Any],
+        request_id: str,
+        local_only: bool,
+    ) -> Routed:
+        check(request)
+        features = policy.features_of(request)
+        decision = policy.decide(
+            request.model, features, await self.state(request.model, local_only), self._policy
+        )
+        try:
+            return Routed(decision, await self._run(decision, request, raw, request_id))
+        except (Unavailable, BadGateway) as exc:
+            fallback = decision.fallback
+            if fallback is None:
+                raise
+            log.warning(
+                "router.fallback", failed=decision.target, to=fallback.target, reason=exc.message
+            )
+            decision = policy.Decision(
+                target=fallback.target,
+                model=fallback.model,
+                upstream=fallback.upstream,
+                reasons=[
+                    *decision.reasons,
+                    f"{decision.target} failed, fell back to {fallback.target}",
+                ],
+            )
+            return Routed(decision, await self._run(decision, request, raw, request_id))
+
+    async def _run(
+        self,
+        d: policy.Decision,
+        request: p.ChatCompletionRequest,
+        raw: dict[str, Any],
+        request_id: str,
+    ) -> Body:
+        if d.target == "cloud":
+            assert d.upstream is not None
+            body = {**raw, "model": d.model}
+            if request.stream:
+                return await self._cloud.stream(d.upstream, body)
+            return await self._cloud.complete(d.upstream, body)
+        wire_request = to_wire(request, d.model, request_id)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._local_stream(wire_request, include_usage, await self._submit(wire_request))
+        with self._load.track():
+            events = await self._submit(wire_request)
+            return _json.encode(await self._collect(events, d.model, request_id))
+
+    async def _submit(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
+        try:
+            _, events = await self._llm.stream_chat(request)
+        except Unavailable:
+            self._catalog.cards = {}  # nobody answered: local is down until discovery says not
+            raise
+        return events
+
+    async def _local_stream(
+        self,
+        request: wire.ChatRequest,
+        include_usage: bool,
+        events: AsyncIterator[wire.Delta | wire.Done],
+    ) -> AsyncIterator[bytes]:
+        with self._load.track():
+            id_ = f"chatcmpl-{request.request_id}"
+            async for chunk in chunks(events, id_, request.model, include_usage):
+                yield _json.encode(chunk)
+
+    @staticmethod
+    async def _collect(
+        events: AsyncIterator[wire.Delta | wire.Done], model: str, request_id: str
+    ) -> p.ChatCompletion:
+        text: list[str] = []
+        done: wire.Done | None = None
+        async for event in events:
+            if isinstance(event, wire.Delta):
+                text.append(event.text)
+            else:
+                done = event
+        assert done is not None  # the event stream ends with Done or raises
+        return p.ChatCompletion(
+            id=f"chatcmpl-{request_id}",
+            created=p.now(),
+            model=model,
+            choices=[
+                p.Choice(
+                    message=p.ResponseMessage(content="".join(text)),
+                    finish_reason=done.finish_reason,
+                )
+            ],
+            usage=_usage(done),
+        )

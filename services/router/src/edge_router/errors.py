@@ -6,6 +6,7 @@ registered by `create_app` turn anything else, Litestar's own errors included, i
 shape too, without leaking internals on a 500.
 """
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -62,6 +63,11 @@ class InvalidRequest(ApiError):
     type = "invalid_request_error"
 
 
+class Forbidden(ApiError):
+    status = 403
+    type = "permission_error"
+
+
 class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"
@@ -75,6 +81,20 @@ class Unavailable(ApiError):
 class ServerError(ApiError):
     status = 500
     type = "server_error"
+
+
+class BadGateway(ApiError):
+    status = 502
+    type = "server_error"
+
+
+class UpstreamAnswer(ApiError):
+    """A cloud upstream refused the request itself (4xx): its answer is relayed as it is."""
+
+    def __init__(self, status: int, raw: bytes) -> None:
+        super().__init__("the upstream refused the request")
+        self.status = status  # type: ignore[misc]
+        self.raw = raw
 
 
 RETRY_AFTER_S = 2
@@ -96,21 +116,23 @@ def from_wire(code: str, message: str, request_id: str) -> ApiError:
             )
 
 
-def unavailable(message: str) -> Unavailable:
-    return Unavailable(
-        message, code="service_unavailable", headers={"retry-after": str(RETRY_AFTER_S)}
-    )
+def unavailable(message: str, retry_after: float = 0.0) -> Unavailable:
+    """503 with a Retry-After of at least RETRY_AFTER_S seconds."""
+    seconds = max(RETRY_AFTER_S, math.ceil(retry_after))
+    return Unavailable(message, code="service_unavailable", headers={"retry-after": str(seconds)})
 
 
-def _response(error: ApiError) -> Response[ErrorBody]:
+def _response(error: ApiError) -> Response[Any]:
+    if isinstance(error, UpstreamAnswer):
+        return Response(error.raw, status_code=error.status, media_type="application/json")
     return Response(error.body(), status_code=error.status, headers=error.headers)
 
 
-def handle_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+def handle_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
     return _response(exc)
 
 
-def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     """Litestar's body/parameter validation: name the offending field like OpenAI does."""
     problems = exc.extra if isinstance(exc.extra, list) else []
     first = problems[0] if problems and isinstance(problems[0], dict) else {}
@@ -131,7 +153,7 @@ def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     return _response(InvalidRequest(message, param=key or None, code="invalid_value"))
 
 
-def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Response[ErrorBody]:
+def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
     if isinstance(exc.__cause__, SerializationException):
         return _response(
             InvalidRequest(
@@ -142,7 +164,7 @@ def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Resp
     return handle_http(request, exc)
 
 
-def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     cls = {404: NotFound, 400: InvalidRequest}.get(exc.status_code)
     if cls is None:
         cls = type(

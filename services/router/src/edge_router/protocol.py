@@ -155,11 +155,16 @@ class ModelObject(Out, kw_only=True):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    route: Literal["auto", "local", "cloud"]
+    """Extension: where the model runs (`auto` lets the router decide)."""
 
 
 class ModelList(Out, kw_only=True):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+encode = msgspec.json.Encoder().encode
 
 
 def now() -> int:

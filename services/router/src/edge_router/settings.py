@@ -3,6 +3,66 @@
 import msgspec
 
 
+class Upstream(msgspec.Struct, frozen=True, kw_only=True):
+    """A cloud LLM: any OpenAI-compatible server (OpenAI, DeepSeek, another board...)."""
+
+    name: str
+    """Short name, shown in /health, /v1/models and the route reason."""
+    base_url: str
+    """API root including the version, e.g. https://api.openai.com/v1."""
+    models: list[str]
+    """Model ids served there; the first one is what `cloud` and `auto` use."""
+    api_key_env: str = ""
+    """Environment variable holding the API key."""
+    api_key_file: str = ""
+    """File holding the API key (used when api_key_env is empty)."""
+    connect_timeout_s: float = 5.0
+    """Connect timeout of one attempt."""
+    read_timeout_s: float = 60.0
+    """Longest wait for the next bytes (first byte included) within one attempt."""
+    deadline_s: float = 30.0
+    """Total time to get a first token, all attempts and backoffs included."""
+    attempts: int = 3
+    """Attempts per request, the first one included."""
+    backoff_initial_s: float = 0.5
+    """First backoff between attempts (doubles up to backoff_max_s, plus jitter)."""
+    backoff_max_s: float = 8.0
+    """Largest backoff, unless the upstream's Retry-After asks for more."""
+    breaker_failures: int = 5
+    """Consecutive failures that open the circuit breaker."""
+    breaker_reset_s: float = 30.0
+    """How long the breaker stays open before one probe request is let through."""
+
+
+class PolicySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Thresholds of the routing policy for `model="auto"` (see edge_router.policy)."""
+
+    hard_score: float = 1.0
+    """Complexity score from which a prompt goes to the cloud."""
+    weight_code: float = 0.6
+    """Score of code in the prompt (fenced blocks, code keywords) or a code request."""
+    weight_math: float = 0.4
+    """Score of math (equations, LaTeX, proofs)."""
+    weight_reasoning: float = 0.6
+    """Score of multi-step reasoning markers (step by step, prove, analyse, plan...)."""
+    weight_long_output: float = 0.5
+    """Score when max_tokens asks for more than long_output_tokens."""
+    long_output_tokens: int = 1024
+    """A completion this long is a long-output request."""
+    weight_per_extra_turn: float = 0.05
+    """Score per conversation turn beyond 6."""
+    weight_non_latin: float = 0.3
+    """Score when most letters are outside the Latin script (small models are weaker there)."""
+    local_prompt_share: float = 0.75
+    """A prompt longer than this share of the local context window goes to the cloud."""
+    warn_temp_c: float = 75.0
+    """NPU temperature from which new requests prefer the cloud."""
+    critical_temp_c: float = 85.0
+    """NPU temperature from which new local work is refused."""
+    max_local_wait_s: float = 10.0
+    """Estimated local queue wait from which new requests prefer the cloud."""
+
+
 class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server(s) to join, comma separated."""
@@ -17,6 +77,14 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: float = 60.0
     """Longest silence between two tokens of a generation before it is abandoned."""
     discovery_window_s: float = 0.25
-    """How long /v1/models and /health gather replies from running services."""
+    """How long a discovery round gathers replies from running services."""
+    discovery_interval_s: float = 2.0
+    """How often the router refreshes what the llm services serve."""
+    upstreams: list[Upstream] = []
+    """Cloud upstreams as a JSON list; empty means local-only operation."""
+    policy: PolicySettings = PolicySettings()
+    """Routing thresholds as a JSON object (see PolicySettings)."""
+    local_only: bool = False
+    """Never send anything to the cloud, whatever the request."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""

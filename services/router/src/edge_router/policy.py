@@ -1,0 +1,278 @@
+"""Where a chat request runs: a pure function of request features, system state and config.
+
+    decide(model, features, state, config) -> Decision | raises ApiError
+
+`auto` weighs the prompt (a complexity score from code, math, reasoning markers, long
+output, many turns, non-Latin script) and the board (local service up, NPU temperature,
+queue wait) and picks local or cloud, naming a fallback for when the first choice fails.
+`local`, `cloud` and concrete model ids are honoured, or refused with the reason.
+Local-only requests never reach the cloud.
+"""
+
+import re
+from typing import Literal
+
+import msgspec
+
+from edge_router import protocol as p
+from edge_router.errors import Forbidden, InvalidRequest, NotFound, unavailable
+from edge_router.settings import PolicySettings
+
+Target = Literal["local", "cloud"]
+ALIASES = ("auto", "local", "cloud")
+
+_CODE = re.compile(
+    r"```|\b(def|class|function|import|return|SELECT|#include|public static|async|await)\b"
+    r"|\b(write|implement|refactor|debug|fix)\b.{0,40}\b(code|function|class|script|program|bug"
+    r"|api|module|query)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_MATH = re.compile(
+    r"\\(frac|sum|int|sqrt|begin)|\b(integral|derivative|theorem|prove|proof|equation|matrix"
+    r"|eigen\w*|probability)\b|\d\s*[\^*/=]\s*\d",
+    re.IGNORECASE,
+)
+_REASONING = re.compile(
+    r"step[- ]by[- ]step|\b(reason|analy[sz]e|compare|evaluate|plan|design|trade-?offs?"
+    r"|justify|why does|derive|multi-step|pros and cons)\b|first,.*then",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+class Features(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int
+    """Estimate: characters / 4."""
+    turns: int
+    code: bool
+    math: bool
+    reasoning: bool
+    tools: bool
+    json_schema: bool
+    images: bool
+    max_tokens: int | None
+    non_latin: bool
+
+
+class Local(msgspec.Struct, frozen=True, kw_only=True):
+    models: dict[str, int]
+    """Model id -> context window, of the running llm services (empty: none up)."""
+    queue_wait_s: float = 0.0
+    npu_temp_c: float | None = None
+
+
+class Cloud(msgspec.Struct, frozen=True, kw_only=True):
+    models: dict[str, str]
+    """Model id -> upstream name, in configuration order (the first is the default)."""
+    open_breakers: dict[str, float] = {}
+    """Upstream name -> seconds until its breaker lets a probe through."""
+
+
+class State(msgspec.Struct, frozen=True, kw_only=True):
+    local: Local
+    cloud: Cloud
+    local_only: bool = False
+
+
+class Choice(msgspec.Struct, frozen=True, kw_only=True):
+    target: Target
+    model: str
+    upstream: str | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    target: Target
+    model: str
+    upstream: str | None
+    reasons: list[str]
+    fallback: Choice | None = None
+
+
+def _text(message: p.Message) -> str:
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "\n".join(part.text for part in content if isinstance(part, p.TextPart))
+
+
+def features_of(request: p.ChatCompletionRequest) -> Features:
+    text = "\n".join(_text(m) for m in request.messages)
+    user_text = "\n".join(_text(m) for m in request.messages if isinstance(m, p.UserMessage))
+    letters = [c for c in text if c.isalpha()]
+    non_latin = sum(1 for c in letters if ord(c) > 0x24F)  # beyond Latin Extended-B
+    images = any(
+        isinstance(m, p.UserMessage)
+        and not isinstance(m.content, str)
+        and any(isinstance(part, p.ImagePart) for part in m.content)
+        for m in request.messages
+    )
+    schema = request.response_format or {}
+    return Features(
+        prompt_tokens=len(text) // 4 + 4 * len(request.messages),
+        turns=sum(1 for m in request.messages if isinstance(m, p.UserMessage)),
+        code=bool(_CODE.search(user_text)),
+        math=bool(_MATH.search(user_text)),
+        reasoning=bool(_REASONING.search(user_text)),
+        tools=bool(request.tools)
+        or any(
+            isinstance(m, p.ToolMessage) or (isinstance(m, p.AssistantMessage) and m.tool_calls)
+            for m in request.messages
+        ),
+        json_schema=schema.get("type") in ("json_schema", "json_object"),
+        images=images,
+        max_tokens=request.max_completion_tokens or request.max_tokens,
+        non_latin=bool(letters) and non_latin / len(letters) > 0.5,
+    )
+
+
+def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
+    """The prompt's complexity score and what contributed to it."""
+    parts = [
+        (f.code, cfg.weight_code, "code"),
+        (f.math, cfg.weight_math, "math"),
+        (f.reasoning, cfg.weight_reasoning, "multi-step reasoning"),
+        (
+            bool(f.max_tokens and f.max_tokens > cfg.long_output_tokens),
+            cfg.weight_long_output,
+            "long output",
+        ),
+        (f.non_latin, cfg.weight_non_latin, "non-Latin script"),
+    ]
+    score = sum(weight for present, weight, _ in parts if present)
+    named = [name for present, _, name in parts if present]
+    if f.turns > 6:
+        score += (f.turns - 6) * cfg.weight_per_extra_turn
+        named.append(f"{f.turns} turns")
+    return score, named
+
+
+def _local_cannot(f: Features) -> str | None:
+    """What local models cannot do at all, or None."""
+    if f.tools:
+        return "tools need a cloud model"
+    if f.json_schema:
+        return "structured output needs a cloud model"
+    if f.images:
+        return "images need a cloud model"
+    return None
+
+
+def _local_limits(f: Features, window: int, cfg: PolicySettings) -> str | None:
+    """Why a local model should not take this request, or None.
+
+    The window check uses the token estimate: the worker checks exact counts itself.
+    """
+    if cannot := _local_cannot(f):
+        return cannot
+    wanted = f.prompt_tokens + (f.max_tokens or 0)
+    if f.prompt_tokens > window * cfg.local_prompt_share or wanted > window:
+        return f"about {wanted} tokens exceed the local {window}-token window"
+    return None
+
+
+def _local_pressure(s: Local, cfg: PolicySettings) -> tuple[str | None, bool]:
+    """(why local should be avoided now, whether local is refused outright)."""
+    if not s.models:
+        return "local llm unavailable", True
+    if s.npu_temp_c is not None and s.npu_temp_c >= cfg.critical_temp_c:
+        return f"NPU critical at {s.npu_temp_c:.0f} C", True
+    if s.npu_temp_c is not None and s.npu_temp_c >= cfg.warn_temp_c:
+        return f"NPU hot at {s.npu_temp_c:.0f} C", False
+    if s.queue_wait_s > cfg.max_local_wait_s:
+        return f"local queue wait ~{s.queue_wait_s:.0f} s", False
+    return None, False
+
+
+def _cloud_choice(model: str, s: State) -> tuple[Choice | None, str | None]:
+    """The cloud choice for `model`, or why there is none."""
+    if s.local_only:
+        return None, "request is local-only"
+    upstream = s.cloud.models.get(model)
+    if upstream is None:
+        return None, "no cloud upstream configured"
+    if upstream in s.cloud.open_breakers:
+        return None, f"cloud {upstream} circuit open"
+    return Choice(target="cloud", model=model, upstream=upstream), None
+
+
+def _default_local(s: State) -> str | None:
+    return next(iter(s.local.models), None)
+
+
+def _default_cloud(s: State) -> str:
+    return next(iter(s.cloud.models), "")
+
+
+def decide(model: str, f: Features, s: State, cfg: PolicySettings) -> Decision:
+    if model == "auto":
+        return _auto(f, s, cfg)
+    if model == "local" or model in s.local.models:
+        return _pinned_local(_default_local(s) if model == "local" else model, f, s, cfg)
+    if model == "cloud" or model in s.cloud.models:
+        return _pinned_cloud(_default_cloud(s) if model == "cloud" else model, s)
+    raise NotFound(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings) -> Decision:
+    if model is None:
+        raise unavailable("No local model is running; try again shortly.")
+    if cannot := _local_cannot(f):
+        raise InvalidRequest(f"Model `{model}` runs locally: {cannot}.", code="unsupported")
+    pressure, refused = _local_pressure(s.local, cfg)
+    if refused:
+        raise unavailable(f"Model `{model}` cannot run now: {pressure}.")
+    return Decision(target="local", model=model, upstream=None, reasons=["model pinned to local"])
+
+
+def _pinned_cloud(model: str, s: State) -> Decision:
+    choice, why_not = _cloud_choice(model, s)
+    if choice is None:
+        if s.local_only:
+            raise Forbidden(f"Model `{model}` runs in the cloud: {why_not}.", code="local_only")
+        wait = s.cloud.open_breakers.get(s.cloud.models.get(model, ""), 0.0)
+        raise unavailable(f"Model `{model}` cannot run now: {why_not}.", retry_after=wait)
+    return Decision(
+        target="cloud", model=model, upstream=choice.upstream, reasons=["model pinned to cloud"]
+    )
+
+
+def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
+    local_model = _default_local(s)
+    cloud, no_cloud = _cloud_choice(_default_cloud(s), s)
+    window = s.local.models.get(local_model or "", 0)
+    limit = _local_limits(f, window, cfg) if local_model else None
+    pressure, refused = _local_pressure(s.local, cfg)
+    score, named = complexity(f, cfg)
+    hard = score >= cfg.hard_score
+
+    local = None
+    if local_model and not limit and not refused:
+        local = Choice(target="local", model=local_model)
+
+    wants_cloud = [
+        r for r in (limit, pressure, f"hard prompt ({', '.join(named)})" if hard else None) if r
+    ]
+    if wants_cloud and cloud:
+        return _decision(cloud, wants_cloud, fallback=local)
+    if local:
+        reasons = [*wants_cloud, f"but {no_cloud}"] if wants_cloud else ["simple prompt"]
+        return _decision(local, reasons, fallback=cloud)
+    # neither side can take it now
+    why = "; ".join(r for r in (limit or pressure, no_cloud) if r)
+    if limit and (s.local_only or not s.cloud.models):
+        raise InvalidRequest(f"No model can serve this request: {why}.", code="unsupported")
+    wait = min(s.cloud.open_breakers.values(), default=0.0)
+    raise unavailable(f"No model can serve this request now: {why}.", retry_after=wait)
+
+
+def _decision(choice: Choice, reasons: list[str], fallback: Choice | None) -> Decision:
+    return Decision(
+        target=choice.target,
+        model=choice.model,
+        upstream=choice.upstream,
+        reasons=reasons,
+        fallback=fallback,
+    )
