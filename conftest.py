@@ -79,6 +79,7 @@ def thermal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Stack:
     router: Service
     llm: Service
+    nats_url: str
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +92,7 @@ def stack(
     try:
         router = start("router", root, env)
         try:
-            yield Stack(router=router, llm=llm)
+            yield Stack(router=router, llm=llm, nats_url=nats_server.url)
         finally:
             router.proc.stop()
     finally:

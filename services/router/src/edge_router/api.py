@@ -109,8 +109,11 @@ async def health(
         "services": {"llm": {"reachable": bool(catalog.cards), "models": list(catalog.cards)}},
         "local": {"inflight": load.inflight, "queue_wait_s": round(load.wait_s(), 3)},
         "cloud": {
-            name: {"breaker": breaker.state, "retry_in_s": round(breaker.retry_in(), 3)}
-            for name, breaker in cloud.breakers.items()
+            **{
+                name: {"enabled": True, "breaker": b.state, "retry_in_s": round(b.retry_in(), 3)}
+                for name, b in cloud.breakers.items()
+            },
+            **{name: {"enabled": False, "reason": why} for name, why in cloud.disabled.items()},
         },
         "npu": {
             "temperature_c": zone.celsius if zone else None,

@@ -48,12 +48,18 @@ def retry_after_s(headers: httpx.Headers) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-def api_key(upstream: Upstream) -> str:
+def api_key(upstream: Upstream) -> tuple[str | None, str]:
+    """(the key, "" for a keyless upstream such as another board; or None, why there is none)."""
     if upstream.api_key_env:
-        return os.environ.get(upstream.api_key_env, "")
+        key = os.environ.get(upstream.api_key_env, "").strip()
+        return (key, "") if key else (None, f"{upstream.api_key_env} is not set")
     if upstream.api_key_file:
-        return Path(upstream.api_key_file).read_text().strip()
-    return ""
+        try:
+            key = Path(upstream.api_key_file).read_text().strip()
+        except OSError as exc:
+            return None, f"cannot read {upstream.api_key_file}: {exc.strerror}"
+        return (key, "") if key else (None, f"{upstream.api_key_file} is empty")
+    return "", ""
 
 
 async def _next_event(lines: AsyncIterator[str]) -> bytes | None:
@@ -75,16 +81,25 @@ async def _next_event(lines: AsyncIterator[str]) -> bytes | None:
 
 class CloudClient:
     def __init__(self, upstreams: list[Upstream]) -> None:
-        self.upstreams = {u.name: u for u in upstreams}
-        self.breakers = {u.name: Breaker(u.breaker_failures, u.breaker_reset_s) for u in upstreams}
-        self._http = {
-            u.name: httpx.AsyncClient(
+        self.upstreams: dict[str, Upstream] = {}
+        self.disabled: dict[str, str] = {}
+        """Configured upstreams left out, with the reason (a missing key)."""
+        self._http: dict[str, httpx.AsyncClient] = {}
+        for u in upstreams:
+            key, why_not = api_key(u)
+            if key is None:
+                self.disabled[u.name] = why_not
+                log.warning("cloud.upstream_disabled", upstream=u.name, reason=why_not)
+                continue
+            self.upstreams[u.name] = u
+            self._http[u.name] = httpx.AsyncClient(
                 base_url=u.base_url.rstrip("/") + "/",
-                headers={"authorization": f"Bearer {api_key(u)}"} if api_key(u) else {},
+                headers={"authorization": f"Bearer {key}"} if key else {},
                 timeout=httpx.Timeout(u.read_timeout_s, connect=u.connect_timeout_s),
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
             )
-            for u in upstreams
+        self.breakers = {
+            n: Breaker(u.breaker_failures, u.breaker_reset_s) for n, u in self.upstreams.items()
         }
         self.retries = 0
 

@@ -22,9 +22,12 @@ Target = Literal["local", "cloud"]
 ALIASES = ("auto", "local", "cloud")
 
 _CODE = re.compile(
-    r"```|\b(def|class|function|import|return|SELECT|#include|public static|async|await)\b"
-    r"|\b(write|implement|refactor|debug|fix)\b.{0,40}\b(code|function|class|script|program|bug"
-    r"|api|module|query)\b",
+    r"```|\b(def|class|function|import|return|SELECT|#include|public static|async|await)\b",
+    re.IGNORECASE,
+)
+_CODE_REQUEST = re.compile(
+    r"\b(write|implement|refactor|debug|fix|generate)\b.{0,40}\b(code|function|class|script"
+    r"|program|bug|api|module|query|tests?)\b",
     re.IGNORECASE | re.DOTALL,
 )
 _MATH = re.compile(
@@ -34,8 +37,8 @@ _MATH = re.compile(
 )
 _REASONING = re.compile(
     r"step[- ]by[- ]step|\b(reason|analy[sz]e|compare|evaluate|plan|design|trade-?offs?"
-    r"|justify|why does|derive|multi-step|pros and cons)\b|first,.*then",
-    re.IGNORECASE | re.DOTALL,
+    r"|justify|derive|multi-step|pros and cons)\b",
+    re.IGNORECASE,
 )
 
 
@@ -44,8 +47,12 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
     """Estimate: characters / 4."""
     turns: int
     code: bool
+    """Code in the prompt."""
+    code_request: bool
+    """A request to write, fix or refactor code."""
     math: bool
-    reasoning: bool
+    reasoning_markers: int
+    """Distinct multi-step reasoning markers (step by step, analyse, compare, plan...)."""
     tools: bool
     json_schema: bool
     images: bool
@@ -110,8 +117,9 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
         prompt_tokens=len(text) // 4 + 4 * len(request.messages),
         turns=sum(1 for m in request.messages if isinstance(m, p.UserMessage)),
         code=bool(_CODE.search(user_text)),
+        code_request=bool(_CODE_REQUEST.search(user_text)),
         math=bool(_MATH.search(user_text)),
-        reasoning=bool(_REASONING.search(user_text)),
+        reasoning_markers=len({m.group().lower() for m in _REASONING.finditer(user_text)}),
         tools=bool(request.tools)
         or any(
             isinstance(m, p.ToolMessage) or (isinstance(m, p.AssistantMessage) and m.tool_calls)
@@ -127,9 +135,14 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
 def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
     """The prompt's complexity score and what contributed to it."""
     parts = [
-        (f.code, cfg.weight_code, "code"),
+        (f.code_request, cfg.weight_code_request, "code generation"),
+        (f.code and not f.code_request, cfg.weight_code, "code"),
         (f.math, cfg.weight_math, "math"),
-        (f.reasoning, cfg.weight_reasoning, "multi-step reasoning"),
+        (
+            f.reasoning_markers > 0,
+            cfg.weight_reasoning * min(f.reasoning_markers, cfg.max_reasoning_markers),
+            "multi-step reasoning",
+        ),
         (
             bool(f.max_tokens and f.max_tokens > cfg.long_output_tokens),
             cfg.weight_long_output,
@@ -139,8 +152,8 @@ def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
     ]
     score = sum(weight for present, weight, _ in parts if present)
     named = [name for present, _, name in parts if present]
-    if f.turns > 6:
-        score += (f.turns - 6) * cfg.weight_per_extra_turn
+    if f.turns > cfg.short_conversation_turns:
+        score += (f.turns - cfg.short_conversation_turns) * cfg.weight_per_extra_turn
         named.append(f"{f.turns} turns")
     return score, named
 

@@ -39,18 +39,24 @@ class PolicySettings(msgspec.Struct, frozen=True, kw_only=True):
 
     hard_score: float = 1.0
     """Complexity score from which a prompt goes to the cloud."""
-    weight_code: float = 0.6
-    """Score of code in the prompt (fenced blocks, code keywords) or a code request."""
-    weight_math: float = 0.4
-    """Score of math (equations, LaTeX, proofs)."""
-    weight_reasoning: float = 0.6
-    """Score of multi-step reasoning markers (step by step, prove, analyse, plan...)."""
+    weight_code_request: float = 1.0
+    """Score of a request to write, fix or refactor code."""
+    weight_code: float = 0.5
+    """Score of code in the prompt (fenced blocks, code keywords)."""
+    weight_math: float = 0.6
+    """Score of math (equations, LaTeX, proofs, integrals...)."""
+    weight_reasoning: float = 0.5
+    """Score of each distinct reasoning marker (step by step, analyse, compare, plan...)."""
+    max_reasoning_markers: int = 2
+    """Reasoning markers counted at most."""
     weight_long_output: float = 0.5
     """Score when max_tokens asks for more than long_output_tokens."""
     long_output_tokens: int = 1024
     """A completion this long is a long-output request."""
-    weight_per_extra_turn: float = 0.05
-    """Score per conversation turn beyond 6."""
+    weight_per_extra_turn: float = 0.1
+    """Score per user turn beyond short_conversation_turns."""
+    short_conversation_turns: int = 4
+    """User turns a conversation may have before each further one adds to the score."""
     weight_non_latin: float = 0.3
     """Score when most letters are outside the Latin script (small models are weaker there)."""
     local_prompt_share: float = 0.75

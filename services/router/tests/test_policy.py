@@ -1,0 +1,192 @@
+"""The routing policy over labelled prompts and over system states (a pure function)."""
+
+import msgspec
+import pytest
+from edge_router import policy
+from edge_router import protocol as p
+from edge_router.errors import ApiError
+from edge_router.settings import PolicySettings
+
+CFG = PolicySettings()
+LOCAL = "smollm2"
+CLOUD = "gpt-4o-mini"
+decode = msgspec.json.Decoder(p.ChatCompletionRequest).decode
+
+
+def request(*user: str, model: str = "auto", **body: object) -> p.ChatCompletionRequest:
+    messages = []
+    for text in user:
+        messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+    return decode(msgspec.json.encode({"model": model, "messages": messages[:-1], **body}))
+
+
+def state(**kw: object) -> policy.State:
+    local = policy.Local(
+        models={LOCAL: 2048},
+        queue_wait_s=kw.pop("wait", 0.0),  # type: ignore[arg-type]
+        npu_temp_c=kw.pop("temp", 45.0),  # type: ignore[arg-type]
+    )
+    if kw.pop("local_down", False):
+        local = policy.Local(models={})
+    cloud = policy.Cloud(models={CLOUD: "openai"} if kw.pop("cloud", True) else {})
+    if kw.pop("breaker_open", False):
+        cloud = policy.Cloud(models=cloud.models, open_breakers={"openai": 12.0})
+    return policy.State(local=local, cloud=cloud, **kw)  # type: ignore[arg-type]
+
+
+def route(req: p.ChatCompletionRequest, s: policy.State | None = None) -> policy.Decision:
+    return policy.decide(req.model, policy.features_of(req), s or state(), CFG)
+
+
+LONG_DOC = "The quarterly report says revenue grew. " * 250
+
+LABELLED = [
+    # simple: chit-chat, lookups, short rewrites -> local
+    ("local", request("Hi! How are you today?")),
+    ("local", request("What is the capital of France?")),
+    ("local", request("Who wrote Pride and Prejudice?")),
+    ("local", request("Rewrite more politely: send me the file now.")),
+    ("local", request("Translate 'thank you' into French.")),
+    ("local", request("Give me a synonym for happy.")),
+    ("local", request("Summarise in one line: the meeting moved to 3pm.")),
+    ("local", request("What time zone is Berlin in?")),
+    # hard: multi-step reasoning, code generation, long documents, tools -> cloud
+    (
+        "cloud",
+        request("Think step by step: plan a migration of our database and analyse the risks."),
+    ),
+    ("cloud", request("Implement a Python function that parses ISO 8601 durations, with tests.")),
+    ("cloud", request("Write code for a REST API module in Go with auth and rate limiting.")),
+    ("cloud", request("Prove that the square root of 2 is irrational, step by step.")),
+    (
+        "cloud",
+        request("```python\ndef f(x):\n    return x*\n```\nWhy does this fail? Fix the bug."),
+    ),
+    ("cloud", request(f"Summarise this document:\n{LONG_DOC}")),
+    ("cloud", request("Tell me a story.", max_tokens=3000)),
+    (
+        "cloud",
+        request(
+            "What's the weather in Paris?",
+            tools=[{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+        ),
+    ),
+    (
+        "cloud",
+        request(
+            "List three colours.",
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": {}}},
+        ),
+    ),
+    ("cloud", request("Compare PostgreSQL and MySQL for our SaaS and justify the choice.")),
+    ("cloud", request(*[f"Next point {i}: and then?" for i in range(16)])),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "req"), LABELLED, ids=[f"{e}-{i}" for i, (e, _) in enumerate(LABELLED)]
+)
+def test_labelled_prompts(expected: str, req: p.ChatCompletionRequest) -> None:
+    """Simple prompts stay local, hard ones go to the cloud, each with a reason."""
+    decision = route(req)
+    assert decision.target == expected, decision.reasons
+    assert decision.model == (LOCAL if expected == "local" else CLOUD)
+    assert decision.reasons
+    if expected == "local":  # the cloud stays available as a fallback
+        assert decision.fallback is not None
+        assert decision.fallback.target == "cloud"
+
+
+SIMPLE = request("What is the capital of France?")
+HARD = request("Think step by step and analyse the trade-offs of microservices.")
+
+
+@pytest.mark.parametrize(
+    ("req", "s", "target", "reason"),
+    [
+        (SIMPLE, state(temp=79.0), "cloud", "NPU hot at 79 C"),
+        (SIMPLE, state(temp=90.0), "cloud", "NPU critical at 90 C"),
+        (SIMPLE, state(wait=30.0), "cloud", "local queue wait ~30 s"),
+        (SIMPLE, state(local_down=True), "cloud", "local llm unavailable"),
+        (HARD, state(breaker_open=True), "local", "but cloud openai circuit open"),
+        (HARD, state(cloud=False), "local", "but no cloud upstream configured"),
+        (HARD, state(local_only=True), "local", "but request is local-only"),
+        (SIMPLE, state(temp=79.0, local_only=True), "local", "but request is local-only"),
+    ],
+    ids=[
+        "hot",
+        "critical",
+        "deep-queue",
+        "local-down",
+        "breaker-open",
+        "no-cloud",
+        "local-only-hard",
+        "local-only-hot",
+    ],
+)
+def test_system_states(
+    req: p.ChatCompletionRequest, s: policy.State, target: str, reason: str
+) -> None:
+    """The board's state moves requests, and the reason says why."""
+    decision = route(req, s)
+    assert decision.target == target
+    assert reason in decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("req", "s", "status", "code"),
+    [
+        (SIMPLE, state(temp=90.0, local_only=True), 503, "service_unavailable"),
+        (SIMPLE, state(local_down=True, breaker_open=True), 503, "service_unavailable"),
+        (request("Hi", tools=[{"type": "function"}]), state(local_only=True), 400, "unsupported"),
+        (request("Hi", model=CLOUD), state(local_only=True), 403, "local_only"),
+        (request("Hi", model=CLOUD), state(breaker_open=True), 503, "service_unavailable"),
+        (request("Hi", model=LOCAL), state(temp=90.0), 503, "service_unavailable"),
+        (request("Hi", model="local"), state(local_down=True), 503, "service_unavailable"),
+        (request("Hi", model=LOCAL, tools=[{"type": "function"}]), state(), 400, "unsupported"),
+        (request("Hi", model="gpt-9"), state(), 404, "model_not_found"),
+    ],
+    ids=[
+        "local-only-critical",
+        "nothing-up",
+        "local-only-tools",
+        "local-only-cloud-model",
+        "pinned-cloud-breaker",
+        "pinned-local-critical",
+        "local-alias-down",
+        "pinned-local-tools",
+        "unknown-model",
+    ],
+)
+def test_impossible_requests_say_why(
+    req: p.ChatCompletionRequest, s: policy.State, status: int, code: str
+) -> None:
+    """When no target may serve, the error's status and code say why; 503s carry Retry-After."""
+    with pytest.raises(ApiError) as err:
+        route(req, s)
+    assert (err.value.status, err.value.code) == (status, code)
+    assert err.value.message
+    if status == 503:
+        assert int(err.value.headers["retry-after"]) >= 2
+
+
+def test_breaker_wait_becomes_retry_after() -> None:
+    """A pinned cloud model behind an open breaker says when to come back."""
+    with pytest.raises(ApiError) as err:
+        route(request("Hi", model=CLOUD), state(breaker_open=True))
+    assert err.value.headers["retry-after"] == "12"
+
+
+@pytest.mark.parametrize(
+    ("model", "target", "resolved"),
+    [
+        ("local", "local", LOCAL),
+        ("cloud", "cloud", CLOUD),
+        (LOCAL, "local", LOCAL),
+        (CLOUD, "cloud", CLOUD),
+    ],
+)
+def test_explicit_models_are_honoured(model: str, target: str, resolved: str) -> None:
+    """Aliases and concrete ids pin the target, even for prompts auto would send elsewhere."""
+    decision = route(request("Think step by step and prove it.", model=model))
+    assert (decision.target, decision.model, decision.fallback) == (target, resolved, None)

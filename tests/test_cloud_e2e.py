@@ -1,0 +1,265 @@
+"""The router against fake cloud upstreams with injected faults: retries, backoff, breaker,
+fallback, exact relay. The fakes run on this test's event loop, so every client is async.
+
+Upstreams, in order (the first is the default cloud of `auto`):
+  flaky: model cloud-flaky, 1 attempt, breaker opens after 2 failures for 1 s
+  fake:  model cloud-small, 3 attempts, 50 ms first backoff, 1 s read timeout
+  off:   an upstream whose API key variable is not set (disabled)
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+from fake_openai import FakeOpenAI, Fault
+from openai import APIError, AsyncOpenAI
+
+HARD = "Think step by step and analyse the trade-offs of microservices."
+
+
+@pytest.fixture(scope="module")
+async def fakes() -> AsyncIterator[dict[str, FakeOpenAI]]:
+    servers = {"flaky": FakeOpenAI(), "fake": FakeOpenAI()}
+    for server in servers.values():
+        await server.start()
+    yield servers
+    for server in servers.values():
+        await server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean(fakes: dict[str, FakeOpenAI]) -> None:
+    for server in fakes.values():
+        server.faults.clear()
+        server.received.clear()
+        server.sent.clear()
+
+
+@pytest.fixture(scope="module")
+def router(stack, fakes, launch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    upstreams = [
+        {
+            "name": "flaky",
+            "base_url": fakes["flaky"].url,
+            "models": ["cloud-flaky"],
+            "attempts": 1,
+            "breaker_failures": 2,
+            "breaker_reset_s": 1.0,
+            "read_timeout_s": 1.0,
+        },
+        {
+            "name": "fake",
+            "base_url": fakes["fake"].url,
+            "models": ["cloud-small"],
+            "attempts": 3,
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.2,
+            "deadline_s": 10,
+            "read_timeout_s": 1.0,
+            "breaker_failures": 50,
+        },
+        {
+            "name": "off",
+            "base_url": "http://127.0.0.1:9/v1",
+            "models": ["cloud-off"],
+            "api_key_env": "EDGE_TEST_NOT_SET",
+        },
+    ]
+    env = {
+        "EDGE_NATS_URL": stack.nats_url,
+        "EDGE_ROUTER_UPSTREAMS": json.dumps(upstreams),
+    }
+    service = launch("router", Path(tmp_path_factory.mktemp("cloud-router")), env)
+    yield service.url
+    service.proc.stop()
+
+
+@pytest.fixture
+async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=router, timeout=30) as client:
+        yield client
+
+
+def chat(model: str, content: str = "Hello", **extra: object) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def sse_payloads(http: httpx.AsyncClient, body: dict) -> tuple[httpx.Response, list[bytes]]:
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        raw = await response.aread()
+    events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+    return response, events
+
+
+async def test_non_stream_relayed_exactly(http: httpx.AsyncClient, fakes) -> None:
+    """A cloud answer reaches the client byte for byte, with the route in the headers."""
+    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    assert response.status_code == 200
+    assert response.content == fakes["fake"].sent[-1][0]
+    assert response.headers["x-edge-route"] == "cloud"
+    assert response.headers["x-edge-route-reason"] == "model pinned to cloud"
+    assert fakes["fake"].received[-1].body["model"] == "cloud-small"
+
+
+async def test_stream_relayed_chunk_by_chunk_with_usage(http: httpx.AsyncClient, fakes) -> None:
+    """Every upstream event is relayed unchanged, usage included, then [DONE]."""
+    body = chat("cloud-small", stream=True, stream_options={"include_usage": True}, seed=3)
+    response, events = await sse_payloads(http, body)
+    assert response.headers["x-edge-route"] == "cloud"
+    assert events[-1] == b"[DONE]"
+    assert events[:-1] == fakes["fake"].sent[-1]
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 5
+    sent = fakes["fake"].received[-1].body
+    assert (sent["stream_options"], sent["seed"]) == ({"include_usage": True}, 3)
+
+
+async def test_retry_after_is_honoured(http: httpx.AsyncClient, fakes) -> None:
+    """A 429 with Retry-After: 1 is retried no sooner than a second later."""
+    fakes["fake"].faults.append(Fault("status", status=429, retry_after="1"))
+    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    assert response.status_code == 200
+    first, second = fakes["fake"].received
+    assert second.at - first.at >= 1.0
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault("status", status=500), Fault("status", status=503)],
+        [Fault("slow_first_byte", delay_s=2.0)],
+        [Fault("reset_before")],
+        [Fault("malformed", after_events=0)],
+    ],
+    ids=["500-then-503", "slow-first-byte", "reset-before-first-token", "malformed-json"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_transient_failures_are_retried(
+    http, fakes, faults: list[Fault], stream: bool
+) -> None:
+    """Failures before the first token are retried until an attempt succeeds."""
+    fakes["fake"].faults.extend(faults)
+    if stream:
+        response, events = await sse_payloads(http, chat("cloud-small", stream=True))
+        assert events[:-1] == fakes["fake"].sent[-1]
+    else:
+        response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+        assert response.content == fakes["fake"].sent[-1][0]
+    assert response.status_code == 200
+    assert len(fakes["fake"].received) == len(faults) + 1
+
+
+@pytest.mark.parametrize("kind", ["reset_after", "malformed"])
+async def test_failure_after_first_token_is_an_error_event(router: str, fakes, kind: str) -> None:
+    """Once tokens reached the client there is no retry: the stream ends in an error event."""
+    fakes["fake"].faults.append(Fault(kind, after_events=2))  # type: ignore[arg-type]
+    seen: list[str | None] = []
+    async with AsyncOpenAI(base_url=f"{router}/v1", api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(**chat("cloud-small"), stream=True)
+
+        async def read_all() -> None:
+            async for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
+
+        with pytest.raises(APIError, match="failed mid-stream"):
+            await read_all()
+    assert seen == ["", "Hello"]
+    assert len(fakes["fake"].received) == 1
+
+
+async def test_client_errors_pass_through_without_retry(http: httpx.AsyncClient, fakes) -> None:
+    """The upstream's own 400 answer is relayed as it is and not retried."""
+    fakes["fake"].faults.append(Fault("status", status=400))
+    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "injected 400"
+    assert len(fakes["fake"].received) == 1
+
+
+async def test_exhausted_retries_fall_back_to_local(http: httpx.AsyncClient, fakes) -> None:
+    """auto: the cloud's failure sends the request to the local model, saying so."""
+    fakes["flaky"].faults.append(Fault("status", status=502))
+    response = await http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=4))
+    assert response.status_code == 200
+    assert response.headers["x-edge-route"] == "local"
+    assert "cloud failed, fell back to local" in response.headers["x-edge-route-reason"]
+    assert response.json()["usage"]["completion_tokens"] == 4
+    pinned = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    assert pinned.status_code == 200  # and the success closed the failure count again
+
+
+async def health_of(http: httpx.AsyncClient) -> dict:
+    return (await http.get("/health")).json()
+
+
+async def test_breaker_opens_then_probes_and_closes(http: httpx.AsyncClient, fakes) -> None:
+    """Two failures open flaky's breaker: no more calls, auto goes local; a probe closes it."""
+    flaky = fakes["flaky"]
+    flaky.faults.extend([Fault("status", status=500), Fault("status", status=500)])
+    for _ in range(2):
+        failed = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+        assert failed.status_code == 503
+    assert (await health_of(http))["cloud"]["flaky"]["breaker"] == "open"
+
+    refused = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    auto = await http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=2))
+    assert auto.headers["x-edge-route"] == "local"
+    assert "but cloud flaky circuit open" in auto.headers["x-edge-route-reason"]
+    assert len(flaky.received) == 2  # nothing reached the upstream while open
+
+    # the breaker half-opens breaker_reset_s (1 s) after opening: another process's clock,
+    # with no event to wait on, so poll its state
+    async with asyncio.timeout(5):
+        while (await health_of(http))["cloud"]["flaky"]["breaker"] != "half_open":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    probe = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    assert probe.status_code == 200
+    assert (await health_of(http))["cloud"]["flaky"]["breaker"] == "closed"
+
+
+async def test_local_only_requests_never_reach_the_cloud(http: httpx.AsyncClient, fakes) -> None:
+    """x-edge-local-only keeps hard prompts local and refuses cloud models with 403."""
+    only = {"x-edge-local-only": "true"}
+    auto = await http.post(
+        "/v1/chat/completions", json=chat("auto", HARD, max_tokens=2), headers=only
+    )
+    assert auto.headers["x-edge-route"] == "local"
+    assert "but request is local-only" in auto.headers["x-edge-route-reason"]
+    pinned = await http.post("/v1/chat/completions", json=chat("cloud-small"), headers=only)
+    assert pinned.status_code == 403
+    assert pinned.json()["error"]["code"] == "local_only"
+    assert not fakes["fake"].received
+    assert not fakes["flaky"].received
+
+
+async def test_models_and_health_show_where_things_run(http: httpx.AsyncClient, model: str) -> None:
+    """/v1/models lists cloud models by upstream; /health shows breakers and disabled upstreams."""
+    models = {
+        m["id"]: (m["route"], m["owned_by"]) for m in (await http.get("/v1/models")).json()["data"]
+    }
+    assert models["cloud-flaky"] == ("cloud", "flaky")
+    assert models["cloud-small"] == ("cloud", "fake")
+    assert models[model][0] == "local"
+    assert "cloud-off" not in models
+    health = await health_of(http)
+    assert health["mode"] == "hybrid"
+    assert health["cloud"]["off"] == {"enabled": False, "reason": "EDGE_TEST_NOT_SET is not set"}
+    assert health["cloud"]["fake"]["enabled"] is True
+
+
+async def test_explain_runs_nothing(http: httpx.AsyncClient, fakes) -> None:
+    """The dry run returns decision, features and state, and contacts no upstream."""
+    response = await http.post("/v1/route/explain", json=chat("auto", HARD))
+    assert response.status_code == 200
+    explained = response.json()
+    assert explained["decision"]["target"] == "cloud"
+    assert explained["decision"]["fallback"]["target"] == "local"
+    assert explained["features"]["reasoning_markers"] >= 2
+    assert explained["complexity"]["score"] >= explained["complexity"]["threshold"]
+    assert not fakes["flaky"].received
+    assert not msgspec.json.decode(response.content).get("error")

@@ -1,0 +1,87 @@
+"""`model="auto"` through the official SDK, where the "cloud" is a second real model server:
+llama-cpp-python's own OpenAI server on the same GGUF. Both routes are seen."""
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edge_common.stack import free_port, spawn
+from edge_llm.backends.llamacpp import bundled_model
+from openai import OpenAI
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_model()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--model_alias",
+        "board2-smollm",
+    ]
+    log = (Path(tmp_path_factory.mktemp("llama-server")) / "server.log").open("wb")
+    proc = spawn("llama_cpp.server", argv, output=log)
+    try:
+        proc.wait_ready(f"http://127.0.0.1:{port}/v1/models", 60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.stop()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(stack, llama_server, launch, tmp_path_factory) -> Iterator[OpenAI]:
+    upstream = {"name": "board2", "base_url": llama_server, "models": ["board2-smollm"]}
+    env = {"EDGE_NATS_URL": stack.nats_url, "EDGE_ROUTER_UPSTREAMS": json.dumps([upstream])}
+    router = launch("router", Path(tmp_path_factory.mktemp("hybrid")), env)
+    with OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+    router.proc.stop()
+
+
+def ask(client: OpenAI, content: str, **kw: object) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": content}], max_tokens=12, **kw
+    )
+
+
+def test_auto_sends_simple_prompts_local(client: OpenAI, model: str) -> None:
+    """A lookup stays on the local worker."""
+    raw = ask(client, "What is the capital of France?")
+    assert raw.headers["x-edge-route"] == "local"
+    assert raw.headers["x-edge-route-reason"] == "simple prompt"
+    assert raw.parse().model == model
+
+
+def test_auto_sends_hard_prompts_to_the_cloud(client: OpenAI) -> None:
+    """A code-generation request goes to the upstream, whose answer comes back through us."""
+    raw = ask(client, "Implement a Python function that merges two sorted lists.")
+    assert raw.headers["x-edge-route"] == "cloud"
+    assert raw.headers["x-edge-route-reason"].startswith("hard prompt (code generation")
+    completion = raw.parse()
+    assert completion.model == "board2-smollm"  # the upstream's own answer, relayed
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens > 0
+
+
+def test_auto_streams_from_the_cloud(client: OpenAI) -> None:
+    """Streaming a hard prompt relays the upstream's chunks as they come."""
+    raw = ask(client, "Write code for a small Flask API module.", stream=True)
+    assert raw.headers["x-edge-route"] == "cloud"
+    chunks = list(raw.parse())
+    assert {c.model for c in chunks} == {"board2-smollm"}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
