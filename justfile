@@ -22,3 +22,7 @@ lint:
 # side-by-side benchmark: llama.cpp's own OpenAI server vs our router, same GGUF
 bench-overhead *args:
     python bench/overhead.py {{args}}
+
+# cost of a routing decision next to decoding the request body
+bench-policy *args:
+    python bench/policy.py {{args}}

@@ -21,24 +21,28 @@ from edge_router.settings import PolicySettings
 Target = Literal["local", "cloud"]
 ALIASES = ("auto", "local", "cloud")
 
+# Markers are searched in the lowercased head and tail of each user message (what is asked),
+# not through whole documents: length alone routes those.
+SCAN_HEAD = SCAN_TAIL = 1000
+SCAN_TOTAL = 4000
+
 _CODE = re.compile(
-    r"```|\b(def|class|function|import|return|SELECT|#include|public static|async|await)\b",
-    re.IGNORECASE,
+    r"```|^\s*(def|class|import|from \S+ import|#include|public|function|const|let|var)\s"
+    r"|\bselect .{1,80} from ",
+    re.MULTILINE,
 )
 _CODE_REQUEST = re.compile(
     r"\b(write|implement|refactor|debug|fix|generate)\b.{0,40}\b(code|function|class|script"
     r"|program|bug|api|module|query|tests?)\b",
-    re.IGNORECASE | re.DOTALL,
+    re.DOTALL,
 )
 _MATH = re.compile(
     r"\\(frac|sum|int|sqrt|begin)|\b(integral|derivative|theorem|prove|proof|equation|matrix"
-    r"|eigen\w*|probability)\b|\d\s*[\^*/=]\s*\d",
-    re.IGNORECASE,
+    r"|eigen\w*|probability)\b|\d\s*[\^*/=]\s*\d"
 )
 _REASONING = re.compile(
     r"step[- ]by[- ]step|\b(reason|analy[sz]e|compare|evaluate|plan|design|trade-?offs?"
-    r"|justify|derive|multi-step|pros and cons)\b",
-    re.IGNORECASE,
+    r"|justify|derive|multi-step|pros and cons)\b"
 )
 
 
@@ -101,11 +105,34 @@ def _text(message: p.Message) -> str:
     return "\n".join(part.text for part in content if isinstance(part, p.TextPart))
 
 
+_LETTER = re.compile(r"[^\W\d_]")
+_NON_LATIN_LETTER = re.compile(r"[^\W\d_\u0000-\u024f]")  # beyond Latin Extended-B
+
+
+def _mostly_non_latin(text: str) -> bool:
+    if text.isascii():
+        return False
+    letters = len(_LETTER.findall(text))
+    return bool(letters) and len(_NON_LATIN_LETTER.findall(text)) / letters > 0.5
+
+
+def _scan_window(texts: list[str]) -> str:
+    """Head and tail of each text, newest first, up to SCAN_TOTAL characters."""
+    parts, size = [], 0
+    for t in reversed(texts):
+        part = t if len(t) <= SCAN_HEAD + SCAN_TAIL else f"{t[:SCAN_HEAD]}\n{t[-SCAN_TAIL:]}"
+        parts.append(part[: SCAN_TOTAL - size])
+        size += len(parts[-1])
+        if size >= SCAN_TOTAL:
+            break
+    return "\n".join(parts)
+
+
 def features_of(request: p.ChatCompletionRequest) -> Features:
     text = "\n".join(_text(m) for m in request.messages)
-    user_text = "\n".join(_text(m) for m in request.messages if isinstance(m, p.UserMessage))
-    letters = [c for c in text if c.isalpha()]
-    non_latin = sum(1 for c in letters if ord(c) > 0x24F)  # beyond Latin Extended-B
+    user_text = _scan_window(
+        [_text(m) for m in request.messages if isinstance(m, p.UserMessage)]
+    ).lower()
     images = any(
         isinstance(m, p.UserMessage)
         and not isinstance(m.content, str)
@@ -128,7 +155,7 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
         json_schema=schema.get("type") in ("json_schema", "json_object"),
         images=images,
         max_tokens=request.max_completion_tokens or request.max_tokens,
-        non_latin=bool(letters) and non_latin / len(letters) > 0.5,
+        non_latin=_mostly_non_latin(text),
     )
 
 
