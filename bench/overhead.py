@@ -10,12 +10,17 @@ Prints time-to-first-token p50 and decode tokens/s for both, and their ratios.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from edge_common.stack import Proc, free_port, spawn, start_nats, start_service
+from edge_common.stack import (
+    Proc,
+    free_port,
+    start_llama_cpp_server,
+    start_nats,
+    start_service,
+)
 from edge_llm.backends.llamacpp import bundled_model
 from llama_cpp import Llama
 from openai import OpenAI
@@ -62,35 +67,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
-    threads = str(os.cpu_count())
+    threads = os.cpu_count()
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory() as tmp:
         logs = (Path(tmp) / "bench.log").open("wb")
         try:
             llama_port = free_port()
-            llama = spawn(
-                "llama_cpp.server",
-                [
-                    sys.executable,
-                    "-m",
-                    "llama_cpp.server",
-                    "--model",
-                    str(bundled_model()),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(llama_port),
-                    "--n_ctx",
-                    "2048",
-                    "--n_threads",
-                    threads,
-                    "--model_alias",
-                    "baseline",
-                ],
-                output=logs,
-            )
-            procs.append(llama)
-            llama.wait_ready(f"http://127.0.0.1:{llama_port}/v1/models", 60)
+            procs.append(start_llama_cpp_server(llama_port, bundled_model(), "baseline", logs))
             nats_port = free_port()
             procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
             env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{nats_port}", "EDGE_LOG_LEVEL": "warning"}

@@ -95,6 +95,10 @@ async def sse_payloads(http: httpx.AsyncClient, body: dict) -> tuple[httpx.Respo
     return response, events
 
 
+async def health_of(http: httpx.AsyncClient) -> dict:
+    return (await http.get("/health")).json()
+
+
 async def test_non_stream_relayed_exactly(http: httpx.AsyncClient, fakes) -> None:
     """A cloud answer reaches the client byte for byte, with the route in the headers."""
     response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
@@ -120,10 +124,12 @@ async def test_stream_relayed_chunk_by_chunk_with_usage(http: httpx.AsyncClient,
 async def test_retry_after_is_honoured(http: httpx.AsyncClient, fakes) -> None:
     """A 429 with Retry-After: 1 is retried no sooner than a second later."""
     fakes["fake"].faults.append(Fault("status", status=429, retry_after="1"))
+    retries = (await health_of(http))["cloud"]["fake"]["retries"]
     response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
     assert response.status_code == 200
     first, second = fakes["fake"].received
     assert second.at - first.at >= 1.0
+    assert (await health_of(http))["cloud"]["fake"]["retries"] == retries + 1
 
 
 @pytest.mark.parametrize(
@@ -189,10 +195,6 @@ async def test_exhausted_retries_fall_back_to_local(http: httpx.AsyncClient, fak
     assert response.json()["usage"]["completion_tokens"] == 4
     pinned = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
     assert pinned.status_code == 200  # and the success closed the failure count again
-
-
-async def health_of(http: httpx.AsyncClient) -> dict:
-    return (await http.get("/health")).json()
 
 
 async def test_breaker_opens_then_probes_and_closes(http: httpx.AsyncClient, fakes) -> None:

@@ -2,13 +2,12 @@
 llama-cpp-python's own OpenAI server on the same GGUF. Both routes are seen."""
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_common.stack import free_port, spawn
+from edge_common.stack import free_port, start_llama_cpp_server
 from edge_llm.backends.llamacpp import bundled_model
 from openai import OpenAI
 
@@ -16,29 +15,12 @@ from openai import OpenAI
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(bundled_model()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--model_alias",
-        "board2-smollm",
-    ]
-    log = (Path(tmp_path_factory.mktemp("llama-server")) / "server.log").open("wb")
-    proc = spawn("llama_cpp.server", argv, output=log)
+    with (Path(tmp_path_factory.mktemp("llama-server")) / "server.log").open("wb") as log:
+        proc = start_llama_cpp_server(port, bundled_model(), "board2-smollm", output=log)
     try:
-        proc.wait_ready(f"http://127.0.0.1:{port}/v1/models", 60)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.stop()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -121,3 +121,15 @@ def start_service(
     proc = spawn(service, [sys.executable, "-m", f"edge_{service}"], env=env, output=output)
     proc.wait_ready(f"http://127.0.0.1:{port}/health", timeout)
     return proc
+
+
+def start_llama_cpp_server(
+    port: int, model: Path, alias: str, output: IO[bytes] | None = None, threads: int = 0
+) -> Proc:
+    """llama-cpp-python's own OpenAI server: the baseline in bench/, a "cloud" in tests."""
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--n_ctx", "2048", "--model_alias", alias]
+    argv += ["--n_threads", str(threads or os.cpu_count())]
+    proc = spawn("llama_cpp.server", argv, output=output)
+    proc.wait_ready(f"http://127.0.0.1:{port}/v1/models", 60)
+    return proc

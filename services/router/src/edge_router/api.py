@@ -110,7 +110,12 @@ async def health(
         "local": {"inflight": load.inflight, "queue_wait_s": round(load.wait_s(), 3)},
         "cloud": {
             **{
-                name: {"enabled": True, "breaker": b.state, "retry_in_s": round(b.retry_in(), 3)}
+                name: {
+                    "enabled": True,
+                    "breaker": b.state,
+                    "retry_in_s": round(b.retry_in(), 3),
+                    "retries": cloud.retries[name],
+                }
                 for name, b in cloud.breakers.items()
             },
             **{name: {"enabled": False, "reason": why} for name, why in cloud.disabled.items()},

@@ -101,7 +101,8 @@ class CloudClient:
         self.breakers = {
             n: Breaker(u.breaker_failures, u.breaker_reset_s) for n, u in self.upstreams.items()
         }
-        self.retries = 0
+        self.retries = dict.fromkeys(self.upstreams, 0)
+        """Attempts after the first, per upstream, since start."""
 
     def models(self) -> dict[str, str]:
         """Model id -> upstream name, in configuration order."""
@@ -153,7 +154,7 @@ class CloudClient:
                             retry_after=breaker.retry_in(),
                         )
                     if attempt.num > 1:
-                        self.retries += 1
+                        self.retries[name] += 1
                     try:
                         result = await once(u, body)
                     except Retryable as exc:
