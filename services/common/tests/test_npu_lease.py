@@ -1,0 +1,142 @@
+"""The NPU lease on a real nats-server: exclusion, crash recovery, FIFO, stale holders, slots."""
+
+import asyncio
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+from edge_common.npu_lease import LeaseLost, NpuLease
+
+WORKER = Path(__file__).with_name("lease_worker.py")
+TTL = 1.0
+
+
+@pytest.fixture
+def board() -> str:
+    return f"b{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"npu{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def make_lease(nats_server, board: str, bucket: str) -> AsyncIterator[Callable]:
+    made: list[tuple[NpuLease, nats.NATS]] = []
+
+    async def make(owner: str, slots: int = 1) -> NpuLease:
+        nc = await nats.connect(nats_server.url)
+        lease = NpuLease(nc, board=board, owner=owner, slots=slots, ttl_s=TTL, bucket=bucket)
+        await lease.start()
+        made.append((lease, nc))
+        return lease
+
+    yield make
+    for lease, nc in made:
+        await lease.stop()
+        await nc.close()
+
+
+async def until(lease: NpuLease, check: Callable[[NpuLease], bool]) -> None:
+    """Wait on the lease's own watcher until `check` holds."""
+    async with asyncio.timeout(10):
+        while not check(lease):
+            lease._view.changed.clear()
+            if check(lease):
+                return
+            await lease._view.changed.wait()
+
+
+def worker(nats_url: str, bucket: str, board: str, name: str, rounds: int, hold_s: float):
+    argv = [sys.executable, str(WORKER), nats_url, bucket, board, name, str(rounds), str(hold_s)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_never_hold_together(nats_server, bucket: str, board: str) -> None:
+    """Two processes taking the lease 15 times each: their hold intervals never overlap."""
+    procs = [worker(nats_server.url, bucket, board, n, 15, 0.01) for n in ("a", "b")]
+    holds = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        holds += [json.loads(line) for line in out.splitlines()]
+    assert len(holds) == 30
+    holds.sort(key=lambda h: h["start"])
+    for before, after in itertools.pairwise(holds):
+        assert before["end"] <= after["start"], (before, after)
+    assert {h["name"] for h in holds} == {"a", "b"}
+
+
+async def test_killed_holder_loses_lease_within_ttl(nats_server, bucket, board, make_lease) -> None:
+    """kill -9 of the holder: its lease expires within the TTL and the waiter proceeds."""
+    proc = worker(nats_server.url, bucket, board, "doomed", 0, 0)
+    try:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert json.loads(line)["held"] is True
+        waiter = await make_lease("waiter")
+        assert [s.owner for s in waiter.status().held] == ["doomed"]
+        proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        async with asyncio.timeout(10), waiter.hold("m"):
+            waited = time.monotonic() - killed
+    finally:
+        proc.kill()
+        proc.wait()
+    # the key expires at most TTL after the last heartbeat; the server's marker may lag a bit
+    assert waited <= TTL + 1.0
+
+
+async def test_waiters_are_served_in_arrival_order(make_lease) -> None:
+    """Three waiters queued one after another get the lease in that order."""
+    holder, *waiters = [await make_lease(n) for n in ("holder", "w1", "w2", "w3")]
+    order: list[str] = []
+
+    async def take(lease: NpuLease) -> None:
+        async with lease.hold("m"):
+            order.append(lease.owner)
+
+    async with holder.hold("m"):
+        tasks = []
+        for i, w in enumerate(waiters, start=1):
+            tasks.append(asyncio.create_task(take(w)))
+            await until(holder, lambda lease, i=i: lease.status().waiting == i)
+    await asyncio.gather(*tasks)
+    assert order == ["w1", "w2", "w3"]
+
+
+async def test_stale_holder_heartbeat_is_refused(make_lease) -> None:
+    """A holder that stopped renewing loses the lease; its late CAS heartbeat is refused."""
+    stale, other = await make_lease("stale"), await make_lease("other")
+    async with stale.hold("m") as held:
+        held._beat.cancel()
+        async with other.hold("m"):
+            with pytest.raises(LeaseLost):
+                await held.heartbeat()
+            assert held.lost.is_set()
+        # leaving the stale block must not delete what is now someone else's
+    assert [s.owner for s in other.status().held] == []
+
+
+async def test_slots_allow_that_many_holders(make_lease) -> None:
+    """With two slots two jobs hold at once; a third waits for one of them."""
+    a, b, c = [await make_lease(n, slots=2) for n in ("a", "b", "c")]
+    async with a.hold("llm"), b.hold("vision"):
+        assert sorted(s.owner for s in c.status().held) == ["a", "b"]
+        third = asyncio.create_task(_hold_once(c))
+        await until(a, lambda lease: lease.status().waiting == 1)
+        assert not third.done()
+    await asyncio.wait_for(third, 10)
+
+
+async def _hold_once(lease: NpuLease) -> None:
+    async with lease.hold("m"):
+        pass
