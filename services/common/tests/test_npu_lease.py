@@ -108,7 +108,8 @@ async def test_waiters_are_served_in_arrival_order(make_lease) -> None:
         tasks = []
         for i, w in enumerate(waiters, start=1):
             tasks.append(asyncio.create_task(take(w)))
-            await until(holder, lambda lease, i=i: lease.status().waiting == i)
+            queued = [f"w{n}" for n in range(1, i + 1)]
+            await until(holder, lambda lease, queued=queued: lease.status().waiting == queued)
     await asyncio.gather(*tasks)
     assert order == ["w1", "w2", "w3"]
 
@@ -132,7 +133,7 @@ async def test_slots_allow_that_many_holders(make_lease) -> None:
     async with a.hold("llm"), b.hold("vision"):
         assert sorted(s.owner for s in c.status().held) == ["a", "b"]
         third = asyncio.create_task(_hold_once(c))
-        await until(a, lambda lease: lease.status().waiting == 1)
+        await until(a, lambda lease: lease.status().waiting == ["c"])
         assert not third.done()
     await asyncio.wait_for(third, 10)
 

@@ -7,6 +7,7 @@ import msgspec
 import nats
 import pytest
 from edge_common import bus, wire
+from edge_common.npu_lease import NpuLease
 from edge_llm.backends import Backend
 from edge_llm.server import LlmServer
 from nats.aio.client import Client
@@ -16,7 +17,9 @@ from nats.micro.request import ERROR_CODE_HEADER
 @pytest.fixture
 async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
     async with bus.connect(nats_server.url, "llm-test") as nc:
-        server = LlmServer(nc, {backend.card.id: backend})
+        lease = NpuLease(nc, board="llm-unit", owner="llm-test", bucket="npu_llm_unit")
+        await lease.start()
+        server = LlmServer(nc, {backend.card.id: backend}, lease)
         sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
         async with bus.serve(
             nc,

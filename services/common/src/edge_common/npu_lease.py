@@ -51,7 +51,8 @@ class LeaseStatus(msgspec.Struct, frozen=True, kw_only=True):
     board: str
     slots: int
     held: list[SlotStatus]
-    waiting: int
+    waiting: list[str]
+    """Owners waiting for a slot, first in line first."""
 
 
 class LeaseLost(RuntimeError):
@@ -146,8 +147,14 @@ class NpuLease:
             for key, (_, h) in sorted(self._view.live.items())
             if ".lease." in key
         ]
-        waiting = sum(1 for key in self._view.live if ".wait." in key)
-        return LeaseStatus(board=self.board, slots=self.slots, held=held, waiting=waiting)
+        line = sorted(
+            (h.order or rev, h.owner)
+            for key, (rev, h) in self._view.live.items()
+            if ".wait." in key
+        )
+        return LeaseStatus(
+            board=self.board, slots=self.slots, held=held, waiting=[owner for _, owner in line]
+        )
 
     @contextlib.asynccontextmanager
     async def hold(self, model: str) -> AsyncIterator["Held"]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from edge_common import bus, wire
+from edge_common.npu_lease import NpuLease, default_board, lease_owner
 from litestar import Litestar, get
 from litestar.datastructures import State
 
@@ -24,6 +25,7 @@ def health(state: State) -> dict[str, Any]:
         "status": "ok",
         "models": [card.id for card in state.cards],
         "stats": server.stats(),
+        "npu_lease": state.lease.status(),
     }
 
 
@@ -38,7 +40,16 @@ def create_app(settings: LlmSettings) -> Litestar:
                 log.info("llm.model_loaded", model=backend.card.id, backend=backend.kind)
             cards = [b.card for b in backends.values()]
             nc = await stack.enter_async_context(bus.connect(settings.nats_url, "llm"))
-            server = LlmServer(nc, backends)
+            lease = NpuLease(
+                nc,
+                board=settings.board or default_board(),
+                owner=lease_owner("llm"),
+                slots=settings.npu_slots,
+                ttl_s=settings.lease_ttl_s,
+            )
+            await lease.start()
+            stack.push_async_callback(lease.stop)
+            server = LlmServer(nc, backends, lease)
             cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
             stack.push_async_callback(cancel_sub.unsubscribe)
             await stack.enter_async_context(
@@ -51,8 +62,7 @@ def create_app(settings: LlmSettings) -> Litestar:
                     metadata={"models": wire.models_encoder.encode(cards).decode()},
                 )
             )
-            app.state.server = server
-            app.state.cards = cards
+            app.state.update(server=server, cards=cards, lease=lease)
             yield
 
     return Litestar([health], lifespan=[lifespan], logging_config=None)

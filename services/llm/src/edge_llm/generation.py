@@ -53,6 +53,8 @@ class Generation:
         self._request = request
         self._prompt = prompt
         self.completion_tokens = 0
+        self.outcome: str | None = None
+        """How it ended (completed, cancelled, failed), set by whoever ran it."""
 
     async def events(self) -> AsyncIterator[Delta | Done]:
         request, spec = self._request, self._backend.spec

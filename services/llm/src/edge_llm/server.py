@@ -12,6 +12,7 @@ from collections import OrderedDict
 import msgspec
 import structlog
 from edge_common import wire
+from edge_common.npu_lease import LeaseLost, NpuLease
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro.request import Request, ServiceError
@@ -36,9 +37,10 @@ class Stats(msgspec.Struct, kw_only=True):
 
 
 class LlmServer:
-    def __init__(self, nc: Client, backends: dict[str, Backend]) -> None:
+    def __init__(self, nc: Client, backends: dict[str, Backend], lease: NpuLease) -> None:
         self._nc = nc
         self._backends = backends
+        self._lease = lease
         self._gpu = asyncio.Lock()  # the accelerator runs one generation at a time, FIFO
         self._active: dict[str, asyncio.Task[None]] = {}
         self._early_cancels: OrderedDict[str, float] = OrderedDict()
@@ -105,33 +107,41 @@ class LlmServer:
     async def _run(self, request: wire.ChatRequest, backend: Backend, prompt: list[int]) -> None:
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         generation = Generation(backend, request, prompt)
-        outcome = "cancelled"
         self._queued += 1
         try:
-            async with self._gpu:
+            async with self._gpu, self._lease.hold(request.model) as npu:
                 self._queued -= 1
                 self._current = generation
                 started = time.perf_counter()
                 log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
                 async for event in generation.events():
+                    if npu.lost.is_set():
+                        raise LeaseLost(npu.key)  # another job may own the NPU now: stop
+                    if isinstance(event, wire.Done):
+                        # account before anyone can see the end
+                        self._finish(generation, "completed")
+                        log.info(
+                            "llm.generation_finished",
+                            completion_tokens=generation.completion_tokens,
+                            seconds=round(time.perf_counter() - started, 3),
+                        )
                     await self._nc.publish(request.stream_to, wire.encode(event))
-                outcome = "completed"
-                log.info(
-                    "llm.generation_finished",
-                    completion_tokens=generation.completion_tokens,
-                    seconds=round(time.perf_counter() - started, 3),
-                )
         except asyncio.CancelledError:
             if self._current is not generation:
                 self._queued -= 1  # cancelled while waiting for its turn: it never ran
+            self._finish(generation, "cancelled")
             log.info("llm.generation_cancelled", completion_tokens=generation.completion_tokens)
         except Exception:
-            outcome = "failed"
+            self._finish(generation, "failed")
             log.exception("llm.generation_failed")
             failed = wire.Failed(code="generation_failed", message="The model failed to generate.")
             await self._nc.publish(request.stream_to, wire.encode(failed))
-        finally:
-            self._ended[outcome] += 1
-            self._ended_tokens += generation.completion_tokens
-            if self._current is generation:
-                self._current = None
+
+    def _finish(self, generation: Generation, outcome: str) -> None:
+        if generation.outcome:
+            return
+        generation.outcome = outcome
+        if self._current is generation:
+            self._current = None
+        self._ended[outcome] += 1
+        self._ended_tokens += generation.completion_tokens

@@ -15,5 +15,11 @@ class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Port of the /health and /metrics HTTP server."""
     models: list[ModelSpec] = msgspec.field(default_factory=lambda: [LlamaCppModel()])
     """Models served, as a JSON list (`backend` picks the backend of each)."""
+    board: str = ""
+    """Name of this board's NPU lease (shared with the vision service); empty = hostname."""
+    npu_slots: int = 1
+    """Jobs the NPU may run at once (2 when vision is pinned to one core, LLM to the other)."""
+    lease_ttl_s: float = 5.0
+    """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""
