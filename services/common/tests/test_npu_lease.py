@@ -1,6 +1,7 @@
 """The NPU lease on a real nats-server: exclusion, crash recovery, FIFO, stale holders, slots."""
 
 import asyncio
+import contextlib
 import itertools
 import json
 import signal
@@ -127,6 +128,47 @@ async def test_stale_holder_heartbeat_is_refused(make_lease) -> None:
     assert [s.owner for s in other.status().held] == []
 
 
+async def test_a_hold_cancelled_at_any_step_never_keeps_the_slot(make_lease) -> None:
+    """Cancelling hold() at each await step, before or after the slot was taken, leaves the
+    slot free for the next holder straight away (no orphaned heartbeat keeps it)."""
+    lease = await make_lease("flaky")
+    for steps in range(40):
+        entered = asyncio.Event()
+        task = asyncio.create_task(_hold_until_cancelled(lease, entered))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(TTL / 2):  # far sooner than an expiry would free it
+            await _hold_once(lease)
+        if entered.is_set() and steps > 10:
+            break
+
+
+async def test_cancel_while_the_ticket_is_deleted_still_releases(make_lease) -> None:
+    """A cancel that lands right after the slot was taken, while the place in line is being
+    given up, must not orphan the slot (it would stay heartbeated forever)."""
+    lease, other = await make_lease("cancelled"), await make_lease("next")
+    gate = asyncio.Event()
+    delete = lease._delete
+
+    async def slow_ticket_delete(key: str, last: int) -> None:
+        if ".wait." in key:
+            await gate.wait()
+        await delete(key, last)
+
+    lease._delete = slow_ticket_delete  # type: ignore[method-assign]
+    task = asyncio.create_task(_hold_until_cancelled(lease, asyncio.Event()))
+    await until(other, lambda observer: [h.owner for h in observer.status().held] == ["cancelled"])
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    gate.set()  # the place in line is given up
+    async with asyncio.timeout(TTL / 2):  # far sooner than an expiry would free the slot
+        await _hold_once(other)
+
+
 async def test_slots_allow_that_many_holders(make_lease) -> None:
     """With two slots two jobs hold at once; a third waits for one of them."""
     a, b, c = [await make_lease(n, slots=2) for n in ("a", "b", "c")]
@@ -136,6 +178,12 @@ async def test_slots_allow_that_many_holders(make_lease) -> None:
         await until(a, lambda lease: lease.status().waiting == ["c"])
         assert not third.done()
     await asyncio.wait_for(third, 10)
+
+
+async def _hold_until_cancelled(lease: NpuLease, entered: asyncio.Event) -> None:
+    async with lease.hold("m"):
+        entered.set()
+        await asyncio.Event().wait()
 
 
 async def _hold_once(lease: NpuLease) -> None:

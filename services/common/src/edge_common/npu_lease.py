@@ -17,8 +17,8 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -111,6 +111,7 @@ class NpuLease:
         self._kv: KeyValue | None = None
         self._view = _View()
         self._watch_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         js = self._nc.jetstream()
@@ -118,18 +119,27 @@ class NpuLease:
             bucket=self._bucket, history=1, ttl=self.ttl_s, limit_marker_ttl=max(1.0, self.ttl_s)
         )
         self._kv = await js.create_key_value(config)
-        watcher = await self._kv.watch(f"{self.board}.>")
         ready = asyncio.Event()
-
-        async def follow() -> None:
-            async for entry in watcher:  # None marks the end of the initial values
-                if entry is None:
-                    ready.set()
-                    continue
-                self._view.apply(entry)
-
-        self._watch_task = asyncio.create_task(follow())
+        self._watch_task = asyncio.create_task(self._follow(ready))
         await ready.wait()
+
+    async def _follow(self, ready: asyncio.Event) -> None:
+        """Keep the view in step with the bucket; a broken watch is logged and restarted."""
+        kv = self._kv
+        assert kv is not None
+        while True:
+            try:
+                watcher = await kv.watch(f"{self.board}.>")
+                async for entry in watcher:  # None marks the end of the initial values
+                    if entry is None:
+                        ready.set()
+                    else:
+                        self._view.apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("npu.lease_watch_failed", board=self.board)
+                self._view.live.clear()  # rebuilt from the initial values of the next watch
 
     async def stop(self) -> None:
         if self._watch_task:
@@ -160,6 +170,7 @@ class NpuLease:
     async def hold(self, model: str) -> AsyncIterator["Held"]:
         """Wait in line for a slot, hold it (heartbeating) for the block, release it."""
         held = await self._acquire(model)
+        # no await between getting the slot and the try: a cancel cannot land there
         try:
             yield held
         finally:
@@ -170,25 +181,52 @@ class NpuLease:
         assert kv is not None, "start() first"
         key = f"{self.board}.wait.{self._nc.new_inbox().rsplit('.', 1)[1]}"
         me = Holder(owner=self.owner, model=model, since=time.time())
-        order = await kv.create(key, _encode(me))
+        order = await self._claim(key, kv.create(key, _encode(me)))
         ticket = Held(self, key, order, msgspec.structs.replace(me, order=order))
         try:
             while True:
                 self._view.changed.clear()
                 if slot := self._free_slot_for(key, order):
                     lease_key = f"{self.board}.lease.{slot - 1}"
-                    holder = msgspec.structs.replace(me, since=time.time())
-                    last = self._view.last_revision(lease_key)
-                    try:
-                        rev = await kv.update(lease_key, _encode(holder), last=last)
-                    except KeyWrongLastSequenceError:
-                        pass  # taken meanwhile; the watcher will tell us more
-                    else:
+                    if held := await self._take(
+                        lease_key, msgspec.structs.replace(me, since=time.time())
+                    ):
                         log.info("npu.lease_acquired", key=lease_key, model=model)
-                        return Held(self, lease_key, rev, holder)
+                        return held
                 await self._view.changed.wait()
         finally:
-            await asyncio.shield(ticket.release())
+            # in the background: awaiting here would let a cancel orphan a slot just taken
+            self._spawn(ticket.release())
+
+    async def _take(self, key: str, holder: Holder) -> "Held | None":
+        """CAS the slot's key to us; None if someone was faster."""
+        kv = self._kv
+        assert kv is not None
+        last = self._view.last_revision(key)
+        try:
+            rev = await self._claim(key, kv.update(key, _encode(holder), last=last))
+        except KeyWrongLastSequenceError:
+            return None
+        return Held(self, key, rev, holder)
+
+    async def _claim(self, key: str, write: Coroutine[Any, Any, int]) -> int:
+        """Await a write that claims `key`; if we are cancelled meanwhile, the write still
+        lands, so delete what it wrote then: a claim nobody keeps alive would block others."""
+        pending = asyncio.ensure_future(write)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(lambda done: self._undo(key, done))
+            raise
+
+    def _undo(self, key: str, write: "asyncio.Future[int]") -> None:
+        if not write.cancelled() and write.exception() is None:
+            self._spawn(self._delete(key, last=write.result()))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _free_slot_for(self, ticket: str, order: int) -> int:
         """1 + a free slot index if `ticket` is within the first (free slots) waiters, else 0."""

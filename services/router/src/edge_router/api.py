@@ -1,8 +1,9 @@
 """HTTP surface: OpenAI-compatible endpoints, the route explainer and /health. Framing only."""
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from edge_common.thermal import npu_temperature
@@ -12,14 +13,16 @@ from litestar.response import Stream
 
 from edge_router import policy
 from edge_router import protocol as p
-from edge_router.chat import ChatService, Routed
+from edge_router.admission import Admission
+from edge_router.chat import Caller, ChatService, Routed
 from edge_router.cloud import CloudClient
-from edge_router.errors import ApiError
-from edge_router.local_state import LocalCatalog, LocalLoad
+from edge_router.errors import ApiError, ClientGone, InvalidRequest
+from edge_router.local_state import LocalCatalog
 from edge_router.request_id import request_id_of
 from edge_router.settings import RouterSettings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 LOCAL_ONLY_HEADER = "x-edge-local-only"
 
 
@@ -35,8 +38,48 @@ async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
-def _local_only(request: Request[Any, Any, Any]) -> bool:
-    return request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+def _number(request: Request[Any, Any, Any], *names: str) -> float | None:
+    for name in names:
+        if value := request.headers.get(name):
+            try:
+                return float(value)
+            except ValueError:
+                raise InvalidRequest(f"Header {name} must be a number.", param=name) from None
+    return None
+
+
+def caller_of(request: Request[Any, Any, Any], settings: RouterSettings) -> Caller:
+    """Routing and admission facts about who asks, from the request's headers.
+
+    The deadline is `x-edge-deadline-s`, else the timeout the openai SDKs announce in
+    `x-stainless-timeout`, else the configured default.
+    """
+    deadline = _number(request, "x-edge-deadline-s", "x-stainless-timeout")
+    return Caller(
+        local_only=request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes"),
+        priority=int(_number(request, "x-edge-priority") or 0),
+        deadline_s=deadline or settings.default_deadline_s or None,
+    )
+
+
+async def _until_disconnected(request: Request[Any, Any, Any]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (queued requests included)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        log.info("router.client_gone")
+        raise ClientGone("The client closed the connection.")
+    return task.result()
 
 
 def _route_headers(routed: Routed) -> dict[str, str]:
@@ -50,10 +93,16 @@ def _route_headers(routed: Routed) -> dict[str, str]:
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(
-    data: p.ChatCompletionRequest, chat: ChatService, request: Request[Any, Any, Any]
+    data: p.ChatCompletionRequest,
+    chat: ChatService,
+    settings: RouterSettings,
+    request: Request[Any, Any, Any],
 ) -> Response[Any]:
     raw = await request.json()
-    routed = await chat.handle(data, raw, request_id_of(request.scope), _local_only(request))
+    caller = caller_of(request, settings)
+    routed = await unless_gone(
+        request, chat.handle(data, raw, request_id_of(request.scope), caller)
+    )
     log.info(
         "router.routed",
         route=routed.decision.target,
@@ -72,10 +121,13 @@ async def chat_completions(
 
 @post("/v1/route/explain", status_code=200)
 async def explain_route(
-    data: p.ChatCompletionRequest, chat: ChatService, request: Request[Any, Any, Any]
+    data: p.ChatCompletionRequest,
+    chat: ChatService,
+    settings: RouterSettings,
+    request: Request[Any, Any, Any],
 ) -> dict[str, Any]:
     """Where this chat request would go, and why, without running it."""
-    return await chat.explain(data, _local_only(request))
+    return await chat.explain(data, caller_of(request, settings))
 
 
 @get("/v1/models")
@@ -95,7 +147,7 @@ async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
 @get("/health")
 async def health(
     catalog: LocalCatalog,
-    load: LocalLoad,
+    admission: Admission,
     cloud: CloudClient,
     settings: RouterSettings,
     state: State,
@@ -107,7 +159,7 @@ async def health(
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
         "nats": {"connected": state.nc.is_connected},
         "services": {"llm": {"reachable": bool(catalog.cards), "models": list(catalog.cards)}},
-        "local": {"inflight": load.inflight, "queue_wait_s": round(load.wait_s(), 3)},
+        "local": {"instances": catalog.instances, "queue": admission.status()},
         "cloud": {
             **{
                 name: {

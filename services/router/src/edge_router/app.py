@@ -11,16 +11,17 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from edge_router.admission import Admission
 from edge_router.api import chat_completions, explain_route, health, list_models
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
 from edge_router.llm_client import LlmClient
-from edge_router.local_state import LocalCatalog, LocalLoad
+from edge_router.local_state import LocalCatalog
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
 
-PROVIDED = ("chat", "catalog", "load", "cloud")
+PROVIDED = ("chat", "catalog", "admission", "cloud")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -37,17 +38,17 @@ def create_app(settings: RouterSettings) -> Litestar:
             await catalog.refresh()
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
-            load = LocalLoad()
+            admission = Admission(depth=settings.queue_depth, concurrency=lambda: catalog.instances)
             app.state.update(
                 nc=nc,
                 cloud=cloud,
                 catalog=catalog,
-                load=load,
+                admission=admission,
                 chat=ChatService(
                     llm,
                     cloud,
                     catalog,
-                    load,
+                    admission,
                     settings.policy,
                     Path(settings.sysfs_root),
                     settings.local_only,

@@ -6,6 +6,7 @@ the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 """
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,27 @@ from edge_common.thermal import npu_temperature
 
 from edge_router import policy
 from edge_router import protocol as p
+from edge_router.admission import Admission
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, BadGateway, InvalidRequest, Unavailable
 from edge_router.llm_client import LlmClient
-from edge_router.local_state import LocalCatalog, LocalLoad
+from edge_router.local_state import LocalCatalog
 from edge_router.settings import PolicySettings
 
 log = structlog.get_logger(__name__)
 _json = msgspec.json.Encoder()
 
 Body = bytes | AsyncIterator[bytes]
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asks, as far as routing and admission care."""
+
+    local_only: bool = False
+    priority: int = 0
+    """Higher runs sooner when the local queue is not empty."""
+    deadline_s: float | None = None
+    """Longest queue wait the caller accepts."""
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -137,7 +149,7 @@ class ChatService:
         llm: LlmClient,
         cloud: CloudClient,
         catalog: LocalCatalog,
-        load: LocalLoad,
+        admission: Admission,
         policy_settings: PolicySettings,
         sysfs_root: Path,
         local_only: bool,
@@ -145,12 +157,12 @@ class ChatService:
         self._llm = llm
         self._cloud = cloud
         self._catalog = catalog
-        self._load = load
+        self._admission = admission
         self._policy = policy_settings
         self._sysfs_root = sysfs_root
         self._local_only = local_only
 
-    async def state(self, model: str, local_only: bool) -> policy.State:
+    async def state(self, model: str, caller: Caller) -> policy.State:
         known = model in policy.ALIASES or model in self._catalog.cards
         if (not known and model not in self._cloud.models()) or not self._catalog.cards:
             await self._catalog.refresh()  # a worker may have come up since the last round
@@ -158,18 +170,19 @@ class ChatService:
         return policy.State(
             local=policy.Local(
                 models=self._catalog.windows(),
-                queue_wait_s=self._load.wait_s(),
+                queue_wait_s=self._admission.estimate_s(),
+                queue_full=self._admission.waiting >= self._admission.status().depth,
                 npu_temp_c=zone.celsius if zone else None,
             ),
             cloud=policy.Cloud(
                 models=self._cloud.models(), open_breakers=self._cloud.open_breakers()
             ),
-            local_only=local_only or self._local_only,
+            local_only=caller.local_only or self._local_only,
         )
 
-    async def explain(self, request: p.ChatCompletionRequest, local_only: bool) -> dict[str, Any]:
+    async def explain(self, request: p.ChatCompletionRequest, caller: Caller) -> dict[str, Any]:
         features = policy.features_of(request)
-        state = await self.state(request.model, local_only)
+        state = await self.state(request.model, caller)
         score, named = policy.complexity(features, self._policy)
         out: dict[str, Any] = {
             "features": features,
@@ -185,19 +198,14 @@ class ChatService:
         return out
 
     async def handle(
-        self,
-        request: p.ChatCompletionRequest,
-        raw: dict[str, Any],
-        request_id: str,
-        local_only: bool,
+        self, request: p.ChatCompletionRequest, raw: dict[str, Any], request_id: str, caller: Caller
     ) -> Routed:
         check(request)
         features = policy.features_of(request)
-        decision = policy.decide(
-            request.model, features, await self.state(request.model, local_only), self._policy
-        )
+        state = await self.state(request.model, caller)
+        decision = policy.decide(request.model, features, state, self._policy)
         try:
-            return Routed(decision, await self._run(decision, request, raw, request_id))
+            return Routed(decision, await self._run(decision, request, raw, request_id, caller))
         except (Unavailable, BadGateway) as exc:
             fallback = decision.fallback
             if fallback is None:
@@ -214,7 +222,7 @@ class ChatService:
                     f"{decision.target} failed, fell back to {fallback.target}",
                 ],
             )
-            return Routed(decision, await self._run(decision, request, raw, request_id))
+            return Routed(decision, await self._run(decision, request, raw, request_id, caller))
 
     async def _run(
         self,
@@ -222,6 +230,7 @@ class ChatService:
         request: p.ChatCompletionRequest,
         raw: dict[str, Any],
         request_id: str,
+        caller: Caller,
     ) -> Body:
         if d.target == "cloud":
             assert d.upstream is not None
@@ -230,18 +239,25 @@ class ChatService:
                 return await self._cloud.stream(d.upstream, body)
             return await self._cloud.complete(d.upstream, body)
         wire_request = to_wire(request, d.model, request_id)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._local_stream(wire_request, include_usage, await self._submit(wire_request))
-        with self._load.track():
+        # the admission slot is held until the generation ends, streams included
+        held = AsyncExitStack()
+        async with held:
+            await held.enter_async_context(
+                self._admission.slot(priority=caller.priority, deadline_s=caller.deadline_s)
+            )
             events = await self._submit(wire_request)
+            if request.stream:
+                include_usage = bool(
+                    request.stream_options and request.stream_options.include_usage
+                )
+                return self._local_stream(wire_request, include_usage, events, held.pop_all())
             return _json.encode(await self._collect(events, d.model, request_id))
 
     async def _submit(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
         try:
             _, events = await self._llm.stream_chat(request)
         except Unavailable:
-            self._catalog.cards = {}  # nobody answered: local is down until discovery says not
+            self._catalog.mark_down()
             raise
         return events
 
@@ -250,8 +266,9 @@ class ChatService:
         request: wire.ChatRequest,
         include_usage: bool,
         events: AsyncIterator[wire.Delta | wire.Done],
+        held: AsyncExitStack,
     ) -> AsyncIterator[bytes]:
-        with self._load.track():
+        async with held:
             id_ = f"chatcmpl-{request.request_id}"
             async for chunk in chunks(events, id_, request.model, include_usage):
                 yield _json.encode(chunk)

@@ -68,6 +68,22 @@ class Forbidden(ApiError):
     type = "permission_error"
 
 
+class RateLimited(ApiError):
+    status = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(message, code=code, headers={"retry-after": str(seconds)})
+
+
+class ClientGone(ApiError):
+    """The client disconnected; nobody reads this answer (nginx's 499)."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"

@@ -97,13 +97,17 @@ class LlmClient:
         )
         await self._nc.flush()
 
-    async def models(self, window: float) -> list[wire.ModelCard]:
-        """Models of every running llm instance: scatter INFO, gather replies for `window` s."""
+    async def models(self, window: float) -> tuple[list[wire.ModelCard], int]:
+        """Models of the running llm instances, and how many instances answered.
+
+        Scatter INFO, gather replies for `window` s.
+        """
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
         try:
             await self._nc.publish("$SRV.INFO.llm", b"", reply=inbox)
             cards: dict[str, wire.ModelCard] = {}
+            instances = 0
             deadline = asyncio.get_running_loop().time() + window
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 try:
@@ -118,8 +122,9 @@ class LlmClient:
                 except msgspec.DecodeError as exc:
                     log.warning("router.bad_service_info", error=str(exc))
                     continue
+                instances += 1
                 for card in found:
                     cards.setdefault(card.id, card)
-            return list(cards.values())
+            return list(cards.values()), instances
         finally:
             await sub.unsubscribe()

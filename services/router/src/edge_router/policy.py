@@ -68,6 +68,7 @@ class Local(msgspec.Struct, frozen=True, kw_only=True):
     models: dict[str, int]
     """Model id -> context window, of the running llm services (empty: none up)."""
     queue_wait_s: float = 0.0
+    queue_full: bool = False
     npu_temp_c: float | None = None
 
 
@@ -217,6 +218,8 @@ def _local_pressure(s: Local, cfg: PolicySettings) -> tuple[str | None, bool]:
         return f"NPU critical at {s.npu_temp_c:.0f} C", True
     if s.npu_temp_c is not None and s.npu_temp_c >= cfg.warn_temp_c:
         return f"NPU hot at {s.npu_temp_c:.0f} C", False
+    if s.queue_full:
+        return "local queue full", False
     if s.queue_wait_s > cfg.max_local_wait_s:
         return f"local queue wait ~{s.queue_wait_s:.0f} s", False
     return None, False

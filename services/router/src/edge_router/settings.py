@@ -92,5 +92,9 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Routing thresholds as a JSON object (see PolicySettings)."""
     local_only: bool = False
     """Never send anything to the cloud, whatever the request."""
+    queue_depth: int = 16
+    """Requests that may wait for the local llm beyond those running; more get 429."""
+    default_deadline_s: float = 0.0
+    """Longest queue wait a request accepts when it names no deadline; 0 = no limit."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""

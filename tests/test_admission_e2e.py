@@ -1,0 +1,128 @@
+"""Admission and the NPU lease through real processes: a router with queue depth 2 in front
+of the session's llm worker, which holds the board's NPU lease while it generates."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from edge_common.npu_lease import NpuLease, default_board
+
+DEPTH = 2
+LONG = {"role": "user", "content": "Write a very long story about a dragon and a knight."}
+
+
+@pytest.fixture(scope="module")
+def router(stack, launch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"EDGE_NATS_URL": stack.nats_url, "EDGE_ROUTER_QUEUE_DEPTH": str(DEPTH)}
+    service = launch("router", Path(tmp_path_factory.mktemp("admission")), env)
+    yield service.url
+    service.proc.stop()
+
+
+@pytest.fixture
+async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=router, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+async def lease(stack) -> AsyncIterator[NpuLease]:
+    """An observer of the board's lease, as the llm worker configures it."""
+    nc = await nats.connect(stack.nats_url)
+    observer = NpuLease(nc, board=default_board(), owner="observer")
+    await observer.start()
+    yield observer
+    await observer.stop()
+    await nc.close()
+
+
+def body(model: str, *, stream: bool = False, max_tokens: int = 4, msg: dict = LONG) -> dict:
+    return {"model": model, "messages": [msg], "max_tokens": max_tokens, "stream": stream}
+
+
+async def queue_of(http: httpx.AsyncClient) -> dict:
+    return (await http.get("/health")).json()["local"]["queue"]
+
+
+async def until_queue(http: httpx.AsyncClient, **want: int) -> None:
+    """Wait until the router's queue shows `want` (it offers no event to wait on)."""
+    async with asyncio.timeout(20):
+        while {k: (await queue_of(http))[k] for k in want} != want:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def first_token(response: httpx.Response) -> AsyncIterator[str]:
+    """Read up to the first token; the caller keeps the returned lines to keep the stream open
+    (dropping a half-read line iterator closes the connection)."""
+    lines = response.aiter_lines()
+    async for line in lines:
+        if '"content":"' in line and '"content":""' not in line:
+            break
+    return lines
+
+
+async def test_full_queue_and_short_deadlines_get_429_at_once(http, model: str, stack) -> None:
+    """Running 1 + waiting 2: the next gets 429 queue_full at once; so does a short deadline;
+    a queued client that disconnects leaves the queue and its request never runs."""
+    async with http.stream(
+        "POST", "/v1/chat/completions", json=body(model, stream=True, max_tokens=1500)
+    ) as running:
+        lines = await first_token(running)
+        queued = asyncio.create_task(
+            http.post(
+                "/v1/chat/completions", json=body(model), headers={"x-request-id": "queued-1"}
+            )
+        )
+        gone = asyncio.create_task(
+            http.post("/v1/chat/completions", json=body(model), headers={"x-request-id": "gone-1"})
+        )
+        await until_queue(http, running=1, waiting=2)
+
+        started = time.perf_counter()
+        full = await http.post("/v1/chat/completions", json=body(model))
+        full_s = time.perf_counter() - started
+        assert full.status_code == 429
+        assert full.json()["error"]["code"] == "queue_full"
+        assert int(full.headers["retry-after"]) >= 1
+        assert full_s < 0.25, f"429 took {full_s * 1000:.0f} ms"
+
+        gone.cancel()  # the client goes away while queued
+        await until_queue(http, running=1, waiting=1)
+        late = await http.post(
+            "/v1/chat/completions", json=body(model), headers={"x-edge-deadline-s": "0.2"}
+        )
+        assert late.status_code == 429
+        assert late.json()["error"]["code"] == "queue_wait_exceeds_deadline"
+        del lines
+    # closing the running stream cancels it: the queued request runs and completes
+    assert (await queued).status_code == 200
+    assert (await queue_of(http))["rejected"] >= 2
+    assert not [e for e in stack.llm.log_events() if e.get("request_id") == "gone-1"]
+
+
+async def test_lease_held_while_generating_and_freed_on_disconnect(
+    http, model: str, stack, lease: NpuLease
+) -> None:
+    """While a stream runs the worker holds the NPU lease (shown in its /health); closing
+    the stream frees the lease promptly."""
+    async with http.stream(
+        "POST", "/v1/chat/completions", json=body(model, stream=True, max_tokens=1500)
+    ) as running:
+        lines = await first_token(running)
+        health = (await http.get(f"{stack.llm.url}/health")).json()["npu_lease"]
+        assert [(h["model"], h["owner"].split("@")[0]) for h in health["held"]] == [(model, "llm")]
+        assert lease.status().held
+        closed = time.perf_counter()
+        del lines
+    async with asyncio.timeout(5):
+        while lease.status().held:
+            lease._view.changed.clear()
+            if not lease.status().held:
+                break
+            await lease._view.changed.wait()
+    freed_s = time.perf_counter() - closed
+    assert freed_s < 1.0, f"lease freed after {freed_s * 1000:.0f} ms"
