@@ -25,7 +25,13 @@ def test_health_reports_services_and_npu_temperature(http: httpx.Client) -> None
     assert body["status"] == "ok"
     assert body["mode"] == "local-only"  # no cloud upstream configured
     assert body["services"]["llm"]["reachable"] is True
-    assert body["npu"] == {"temperature_c": 47.5, "thermal_zone": "npu-thermal"}
+    assert body["npu"] == {
+        "temperature_c": 47.5,
+        "thermal_zone": "npu-thermal",
+        "thermal_state": "ok",
+        "load_percent": None,  # no rknpu driver in the fake tree
+        "freq_mhz": None,
+    }
 
 
 def test_openapi_schema_served(http: httpx.Client) -> None:

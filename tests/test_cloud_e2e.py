@@ -40,7 +40,29 @@ def clean(fakes: dict[str, FakeOpenAI]) -> None:
 
 
 @pytest.fixture(scope="module")
-def router(stack, fakes, launch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def npu_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable fake thermal tree: tests set the NPU's millidegrees in this file."""
+    zone = Path(tmp_path_factory.mktemp("sys")) / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("npu-thermal\n")
+    (zone / "temp").write_text("45000\n")
+    return zone / "temp"
+
+
+def set_celsius(sensor: Path, celsius: float) -> None:
+    sensor.write_text(f"{int(celsius * 1000)}\n")
+
+
+@pytest.fixture(autouse=True)
+def cool_npu(npu_temp: Path) -> Iterator[None]:
+    yield
+    set_celsius(npu_temp, 45)
+
+
+@pytest.fixture(scope="module")
+def router(
+    stack, fakes, launch, npu_temp: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     upstreams = [
         {
             "name": "flaky",
@@ -72,6 +94,7 @@ def router(stack, fakes, launch, tmp_path_factory: pytest.TempPathFactory) -> It
     env = {
         "EDGE_NATS_URL": stack.nats_url,
         "EDGE_ROUTER_UPSTREAMS": json.dumps(upstreams),
+        "EDGE_ROUTER_SYSFS_ROOT": str(npu_temp.parents[3]),
     }
     service = launch("router", Path(tmp_path_factory.mktemp("cloud-router")), env)
     yield service.url
@@ -265,3 +288,25 @@ async def test_explain_runs_nothing(http: httpx.AsyncClient, fakes) -> None:
     assert explained["complexity"]["score"] >= explained["complexity"]["threshold"]
     assert not fakes["flaky"].received
     assert not msgspec.json.decode(response.content).get("error")
+
+
+async def test_thermal_guard(http: httpx.AsyncClient, fakes, npu_temp: Path, model: str) -> None:
+    """Warn (75 C) sends new simple requests to the cloud; critical (85 C) refuses new local
+    work with 503, also for local-only requests; /health shows the state."""
+    set_celsius(npu_temp, 79)
+    warm = await http.post("/v1/chat/completions", json=chat("auto", "What is 2 plus 2?"))
+    assert warm.headers["x-edge-route"] == "cloud"
+    assert warm.headers["x-edge-route-reason"] == "NPU hot at 79 C"
+    assert (await health_of(http))["npu"]["thermal_state"] == "warn"
+
+    set_celsius(npu_temp, 91)
+    pinned = await http.post("/v1/chat/completions", json=chat(model))
+    assert pinned.status_code == 503
+    assert "NPU critical at 91 C" in pinned.json()["error"]["message"]
+    private = await http.post(
+        "/v1/chat/completions", json=chat("auto"), headers={"x-edge-local-only": "1"}
+    )
+    assert private.status_code == 503
+    assert int(private.headers["retry-after"]) >= 1
+    assert (await health_of(http))["npu"]["thermal_state"] == "critical"
+    assert len(fakes["flaky"].received) == 1  # only the warm request reached the cloud

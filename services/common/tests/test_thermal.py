@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from edge_common.thermal import npu_temperature, read_zones
+from edge_common.thermal import npu_freq_mhz, npu_load, npu_temperature, read_zones
 
 
 def make_tree(root: Path, zones: list[tuple[str, str]]) -> Path:
@@ -35,3 +35,21 @@ def test_no_thermal_zones(tmp_path: Path) -> None:
     """A machine without thermal zones has no reading, not an error."""
     assert npu_temperature(tmp_path) is None
     assert read_zones(tmp_path) == []
+
+
+def test_npu_load_and_clock(tmp_path: Path) -> None:
+    """rknpu's debugfs load line and the NPU's devfreq clock are parsed."""
+    load = tmp_path / "kernel" / "debug" / "rknpu" / "load"
+    load.parent.mkdir(parents=True)
+    load.write_text("NPU load:  Core0: 25%, Core1:  3%,\n")
+    freq = tmp_path / "class" / "devfreq" / "27700000.npu" / "cur_freq"
+    freq.parent.mkdir(parents=True)
+    freq.write_text("950000000\n")
+    assert npu_load(tmp_path) == {"core0": 25, "core1": 3}
+    assert npu_freq_mhz(tmp_path) == 950.0
+
+
+def test_no_npu_driver_means_no_readings(tmp_path: Path) -> None:
+    """On a box without Rockchip's driver both readings are None."""
+    assert npu_load(tmp_path) is None
+    assert npu_freq_mhz(tmp_path) is None

@@ -1,10 +1,17 @@
-"""Thermal readings from sysfs (`/sys/class/thermal/thermal_zone*/{type,temp}`).
+"""NPU readings from sysfs: temperature, load and clock.
 
-The kernel reports millidegrees Celsius. On the RK3576 the NPU has its own zone
-(`npu-thermal`); elsewhere we fall back to the hottest zone, which is what limits the chip.
-`sysfs_root` is configurable so tests can point it at a fake tree.
+- temperature: `class/thermal/thermal_zone*/{type,temp}`, millidegrees Celsius. On the
+  RK3576 the NPU has its own zone (`npu-thermal`); elsewhere the hottest zone, which is
+  what limits the chip.
+- load: `kernel/debug/rknpu/load` from Rockchip's NPU driver, e.g.
+  `NPU load:  Core0: 25%, Core1:  0%,` (debugfs: readable as root, when mounted).
+- clock: `class/devfreq/<addr>.npu/cur_freq`, in Hz.
+
+`sysfs_root` is configurable so tests can point it at a fake tree. What cannot be read is
+None: no sensor is not an error.
 """
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -34,3 +41,24 @@ def npu_temperature(sysfs_root: Path) -> ZoneReading | None:
     npu = [z for z in zones if "npu" in z.type.lower()]
     candidates = npu or zones
     return max(candidates, key=lambda z: z.celsius) if candidates else None
+
+
+_CORE_LOAD = re.compile(r"Core(\d+):\s*(\d+)%")
+
+
+def npu_load(sysfs_root: Path) -> dict[str, int] | None:
+    """Per-core NPU load in percent, e.g. {"core0": 25, "core1": 0}."""
+    try:
+        text = (sysfs_root / "kernel" / "debug" / "rknpu" / "load").read_text()
+    except OSError:
+        return None
+    return {f"core{core}": int(pct) for core, pct in _CORE_LOAD.findall(text)} or None
+
+
+def npu_freq_mhz(sysfs_root: Path) -> float | None:
+    for device in sorted((sysfs_root / "class" / "devfreq").glob("*npu*")):
+        try:
+            return int((device / "cur_freq").read_text().strip()) / 1e6
+        except (OSError, ValueError):
+            continue
+    return None

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from edge_common.thermal import npu_temperature
+from edge_common.thermal import npu_freq_mhz, npu_load, npu_temperature
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
@@ -19,7 +19,7 @@ from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, ClientGone, InvalidRequest
 from edge_router.local_state import LocalCatalog
 from edge_router.request_id import request_id_of
-from edge_router.settings import RouterSettings
+from edge_router.settings import PolicySettings, RouterSettings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -153,7 +153,9 @@ async def health(
     state: State,
 ) -> dict[str, Any]:
     await catalog.refresh()
-    zone = npu_temperature(Path(settings.sysfs_root))
+    sysfs = Path(settings.sysfs_root)
+    zone = npu_temperature(sysfs)
+    temp = zone.celsius if zone else None
     return {
         "status": "ok" if catalog.cards else "degraded",
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
@@ -173,7 +175,18 @@ async def health(
             **{name: {"enabled": False, "reason": why} for name, why in cloud.disabled.items()},
         },
         "npu": {
-            "temperature_c": zone.celsius if zone else None,
+            "temperature_c": temp,
             "thermal_zone": zone.type if zone else None,
+            "thermal_state": _thermal_state(temp, settings.policy),
+            "load_percent": npu_load(sysfs),
+            "freq_mhz": npu_freq_mhz(sysfs),
         },
     }
+
+
+def _thermal_state(celsius: float | None, policy: PolicySettings) -> str:
+    if celsius is None:
+        return "unknown"
+    if celsius >= policy.critical_temp_c:
+        return "critical"  # no new local work
+    return "warn" if celsius >= policy.warn_temp_c else "ok"  # warn: new work prefers cloud
