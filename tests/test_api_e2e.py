@@ -19,9 +19,13 @@ def test_models_lists_aliases_and_what_workers_serve(client: OpenAI, model: str)
     assert models[-1].created > 0
 
 
-def test_health_reports_services_and_npu_temperature(http: httpx.Client) -> None:
-    """/health shows the llm service reachable and the NPU zone's temperature in C."""
+def test_health_reports_services_and_npu_temperature(http: httpx.Client, model: str) -> None:
+    """/health shows the llm service reachable, what it holds loaded (from its STATS), the
+    queue, and the NPU zone's temperature in C."""
     body = http.get("/health").json()
+    assert body["local"]["instances"] == 1
+    assert body["local"]["resident"] == [model]
+    assert body["local"]["queue"]["depth"] == 16
     assert body["status"] == "ok"
     assert body["mode"] == "local-only"  # no cloud upstream configured
     assert body["services"]["llm"]["reachable"] is True

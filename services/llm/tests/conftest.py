@@ -7,4 +7,6 @@ from edge_llm.backends.llamacpp import LlamaCppModel
 
 @pytest.fixture(scope="session")
 def backend() -> Backend:
-    return create_backend(LlamaCppModel())
+    backend = create_backend(LlamaCppModel())
+    backend.load()
+    return backend

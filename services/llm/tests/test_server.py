@@ -9,6 +9,7 @@ import pytest
 from edge_common import bus, wire
 from edge_common.npu_lease import NpuLease
 from edge_llm.backends import Backend
+from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
@@ -19,7 +20,9 @@ async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, L
     async with bus.connect(nats_server.url, "llm-test") as nc:
         lease = NpuLease(nc, board="llm-unit", owner="llm-test", bucket="npu_llm_unit")
         await lease.start()
-        server = LlmServer(nc, {backend.card.id: backend}, lease)
+        residency = Residency({backend.card.id: backend}, pinned=backend.card.id)
+        await residency.ensure(backend.card.id)
+        server = LlmServer(nc, residency, lease)
         sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
         async with bus.serve(
             nc,

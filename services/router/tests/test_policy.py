@@ -170,6 +170,20 @@ def test_impossible_requests_say_why(
         assert int(err.value.headers["retry-after"]) >= 2
 
 
+def test_switch_cost_counts_toward_the_local_wait() -> None:
+    """A model that must be loaded first adds its switch time to the wait: past the limit,
+    auto prefers the cloud; a resident model is unaffected."""
+    cold = policy.State(
+        local=policy.Local(models={LOCAL: 2048}, queue_wait_s=4.0, switch_s={LOCAL: 8.0}),
+        cloud=policy.Cloud(models={CLOUD: "openai"}),
+    )
+    decision = route(SIMPLE, cold)
+    assert decision.target == "cloud"
+    assert decision.reasons == ["local queue wait ~4 s + model switch ~8 s"]
+    warm = msgspec.structs.replace(cold, local=policy.Local(models={LOCAL: 2048}, queue_wait_s=4.0))
+    assert route(SIMPLE, warm).target == "local"
+
+
 def test_breaker_wait_becomes_retry_after() -> None:
     """A pinned cloud model behind an open breaker says when to come back."""
     with pytest.raises(ApiError) as err:

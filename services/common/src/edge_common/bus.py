@@ -5,15 +5,16 @@ one place that knows how to reach the bus.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Handler
-from nats.micro.service import Service
+from nats.micro.service import EndpointStats, Service
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +69,19 @@ async def serve(
     description: str,
     endpoints: Mapping[str, Handler],
     metadata: Mapping[str, str] | None = None,
+    stats: Callable[[EndpointStats], Any] | None = None,
 ) -> AsyncIterator[Service]:
-    """Register a micro service (queue group `q`) with one endpoint per subject."""
+    """Register a micro service (queue group `q`) with one endpoint per subject.
+
+    `stats` supplies each endpoint's `data` in STATS replies (live state for discovery).
+    """
     service = await add_service(
-        nc, name=name, version=version, description=description, metadata=dict(metadata or {})
+        nc,
+        name=name,
+        version=version,
+        description=description,
+        metadata=dict(metadata or {}),
+        stats_handler=stats,
     )
     try:
         for subject, handler in endpoints.items():

@@ -1,5 +1,6 @@
 """The llm worker process: model(s) loaded once, the NATS service, and /health over HTTP."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from litestar import Litestar, get
 from litestar.datastructures import State
 
 from edge_llm.backends import create_backend
+from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
 from edge_llm.settings import LlmSettings
 
@@ -26,6 +28,7 @@ def health(state: State) -> dict[str, Any]:
         "models": [card.id for card in state.cards],
         "stats": server.stats(),
         "npu_lease": state.lease.status(),
+        "residency": server.residency.status(),
     }
 
 
@@ -33,12 +36,14 @@ def create_app(settings: LlmSettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            backends = {}
-            for spec in settings.models:
-                backend = create_backend(spec)
-                backends[backend.card.id] = backend
-                log.info("llm.model_loaded", model=backend.card.id, backend=backend.kind)
-            cards = [b.card for b in backends.values()]
+            backends = {spec.id: create_backend(spec) for spec in settings.models}
+            residency = Residency(
+                backends,
+                pinned=settings.pinned or settings.models[0].id,
+                cap_mb=settings.memory_budget_mb,
+                reserve_mb=settings.memory_reserve_mb,
+            )
+            await residency.ensure(residency.pinned)
             nc = await stack.enter_async_context(bus.connect(settings.nats_url, "llm"))
             lease = NpuLease(
                 nc,
@@ -49,9 +54,10 @@ def create_app(settings: LlmSettings) -> Litestar:
             )
             await lease.start()
             stack.push_async_callback(lease.stop)
-            server = LlmServer(nc, backends, lease)
+            server = LlmServer(nc, residency, lease)
             cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
             stack.push_async_callback(cancel_sub.unsubscribe)
+            cards = [b.card for b in backends.values()]
             await stack.enter_async_context(
                 bus.serve(
                     nc,
@@ -60,9 +66,19 @@ def create_app(settings: LlmSettings) -> Litestar:
                     description="Chat generation with token streaming",
                     endpoints={wire.CHAT_SUBJECT: server.on_chat},
                     metadata={"models": wire.models_encoder.encode(cards).decode()},
+                    stats=server.micro_stats,
                 )
             )
+            if settings.keep_alive_s > 0:
+                unloader = asyncio.create_task(_unload_idle(server, settings.keep_alive_s))
+                stack.callback(unloader.cancel)
             app.state.update(server=server, cards=cards, lease=lease)
             yield
 
     return Litestar([health], lifespan=[lifespan], logging_config=None)
+
+
+async def _unload_idle(server: LlmServer, keep_alive_s: float) -> None:
+    while True:
+        await asyncio.sleep(keep_alive_s / 2)
+        await server.unload_idle(keep_alive_s)

@@ -19,6 +19,7 @@ from nats.micro.request import Request, ServiceError
 
 from edge_llm.backends import Backend
 from edge_llm.generation import Generation
+from edge_llm.residency import CannotFit, Residency
 
 log = structlog.get_logger(__name__)
 
@@ -37,9 +38,9 @@ class Stats(msgspec.Struct, kw_only=True):
 
 
 class LlmServer:
-    def __init__(self, nc: Client, backends: dict[str, Backend], lease: NpuLease) -> None:
+    def __init__(self, nc: Client, residency: Residency, lease: NpuLease) -> None:
         self._nc = nc
-        self._backends = backends
+        self.residency = residency
         self._lease = lease
         self._gpu = asyncio.Lock()  # the accelerator runs one generation at a time, FIFO
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -63,9 +64,13 @@ class LlmServer:
             request = wire.decode_request(req.data)
         except msgspec.DecodeError as exc:
             raise ServiceError("invalid_request", f"invalid chat request: {exc}") from exc
-        backend = self._backends.get(request.model)
+        backend = self.residency.backends.get(request.model)
         if backend is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
+        try:
+            self.residency.check_fits(request.model)
+        except CannotFit as exc:
+            raise ServiceError("unavailable", str(exc)) from None
         prompt = backend.prompt_tokens(request.messages)
         limit = backend.card.context_length
         wanted = len(prompt) + (request.max_tokens or 1)
@@ -112,6 +117,7 @@ class LlmServer:
             async with self._gpu, self._lease.hold(request.model) as npu:
                 self._queued -= 1
                 self._current = generation
+                await self.residency.ensure(request.model)  # a switch occupies the NPU too
                 started = time.perf_counter()
                 log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
                 async for event in generation.events():
@@ -145,3 +151,17 @@ class LlmServer:
             self._current = None
         self._ended[outcome] += 1
         self._ended_tokens += generation.completion_tokens
+
+    async def unload_idle(self, keep_alive_s: float) -> None:
+        async with self._gpu:  # never under a running generation
+            self.residency.unload_idle(keep_alive_s)
+
+    def micro_stats(self, _: object) -> dict[str, object]:
+        """What the router reads from this instance's STATS (per endpoint `data`)."""
+        stats, residency = self.stats(), self.residency.status()
+        return {
+            "queued": stats.queued,
+            "busy": stats.busy,
+            "resident": residency.resident,
+            "switch_s": residency.switch_s,
+        }

@@ -15,6 +15,14 @@ class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Port of the /health and /metrics HTTP server."""
     models: list[ModelSpec] = msgspec.field(default_factory=lambda: [LlamaCppModel()])
     """Models served, as a JSON list (`backend` picks the backend of each)."""
+    pinned: str = ""
+    """Model kept loaded at all times; empty = the first of `models`."""
+    memory_budget_mb: int = 0
+    """Cap on the memory of loaded models; 0 = what MemAvailable allows."""
+    memory_reserve_mb: int = 512
+    """Memory left to everything else when loading by MemAvailable."""
+    keep_alive_s: float = 0.0
+    """Unload an unpinned model unused this long; 0 = keep until evicted."""
     board: str = ""
     """Name of this board's NPU lease (shared with the vision service); empty = hostname."""
     npu_slots: int = 1

@@ -161,7 +161,12 @@ async def health(
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
         "nats": {"connected": state.nc.is_connected},
         "services": {"llm": {"reachable": bool(catalog.cards), "models": list(catalog.cards)}},
-        "local": {"instances": catalog.instances, "queue": admission.status()},
+        "local": {
+            "instances": catalog.instances,
+            "resident": sorted(catalog.resident),
+            "switch_s": catalog.switch_s,
+            "queue": admission.status(),
+        },
         "cloud": {
             **{
                 name: {

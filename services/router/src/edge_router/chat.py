@@ -171,6 +171,7 @@ class ChatService:
             local=policy.Local(
                 models=self._catalog.windows(),
                 queue_wait_s=self._admission.estimate_s(),
+                switch_s=self._catalog.switch_costs(),
                 queue_full=self._admission.waiting >= self._admission.status().depth,
                 npu_temp_c=zone.celsius if zone else None,
             ),

@@ -21,10 +21,29 @@ from edge_router.errors import ApiError, from_wire, unavailable
 log = structlog.get_logger(__name__)
 
 
-class ServiceInfo(msgspec.Struct):
-    """The part of a micro INFO reply we read."""
+class WorkerData(msgspec.Struct):
+    """What an llm instance adds to its STATS (edge_llm.server.LlmServer.micro_stats)."""
+
+    resident: list[str] = []
+    switch_s: float = 0.0
+
+
+class EndpointStats(msgspec.Struct):
+    data: WorkerData | None = None
+
+
+class ServiceStats(msgspec.Struct):
+    """The part of a micro STATS reply we read."""
 
     metadata: dict[str, str] = {}
+    endpoints: list[EndpointStats] = []
+
+
+class Discovery(msgspec.Struct):
+    cards: dict[str, wire.ModelCard]
+    instances: int
+    resident: set[str]
+    switch_s: float
 
 
 class LlmClient:
@@ -97,17 +116,14 @@ class LlmClient:
         )
         await self._nc.flush()
 
-    async def models(self, window: float) -> tuple[list[wire.ModelCard], int]:
-        """Models of the running llm instances, and how many instances answered.
-
-        Scatter INFO, gather replies for `window` s.
-        """
+    async def discover(self, window: float) -> "Discovery":
+        """What the running llm instances serve and hold: scatter STATS, gather replies for
+        `window` s (micro STATS carry the service metadata and our per-endpoint data)."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
+        found = Discovery(cards={}, instances=0, resident=set(), switch_s=0.0)
         try:
-            await self._nc.publish("$SRV.INFO.llm", b"", reply=inbox)
-            cards: dict[str, wire.ModelCard] = {}
-            instances = 0
+            await self._nc.publish("$SRV.STATS.llm", b"", reply=inbox)
             deadline = asyncio.get_running_loop().time() + window
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 try:
@@ -117,14 +133,18 @@ class LlmClient:
                 if not msg.data:  # a status message: "no responders"
                     break
                 try:
-                    info = msgspec.json.decode(msg.data, type=ServiceInfo)
-                    found = wire.decode_models(info.metadata.get("models", "[]"))
+                    stats = msgspec.json.decode(msg.data, type=ServiceStats)
+                    cards = wire.decode_models(stats.metadata.get("models", "[]"))
                 except msgspec.DecodeError as exc:
-                    log.warning("router.bad_service_info", error=str(exc))
+                    log.warning("router.bad_service_stats", error=str(exc))
                     continue
-                instances += 1
-                for card in found:
-                    cards.setdefault(card.id, card)
-            return list(cards.values()), instances
+                found.instances += 1
+                for card in cards:
+                    found.cards.setdefault(card.id, card)
+                for endpoint in stats.endpoints:
+                    data = endpoint.data or WorkerData()
+                    found.resident.update(data.resident)
+                    found.switch_s = max(found.switch_s, data.switch_s)
+            return found
         finally:
             await sub.unsubscribe()

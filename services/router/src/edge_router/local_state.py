@@ -1,6 +1,7 @@
-"""What the router knows of the local side: the models running and how many workers.
+"""What the router knows of the local side: the models served, which are loaded, what a
+switch costs, and how many workers there are.
 
-Refreshed from the llm services' micro INFO in the background, and at once when a request
+Refreshed from the llm services' micro STATS in the background, and at once when a request
 names a model it does not know.
 """
 
@@ -20,14 +21,27 @@ class LocalCatalog:
         self._window_s = window_s
         self.cards: dict[str, ModelCard] = {}
         self.instances = 0
+        self.resident: set[str] = set()
+        self.switch_s = 0.0
 
     async def refresh(self) -> None:
-        cards, self.instances = await self._llm.models(self._window_s)
-        self.cards = {card.id: card for card in cards}
+        found = await self._llm.discover(self._window_s)
+        # resident models first: the first one is what `local` and `auto` use
+        ordered = sorted(found.cards.values(), key=lambda c: c.id not in found.resident)
+        self.cards = {card.id: card for card in ordered}
+        self.instances, self.resident, self.switch_s = (
+            found.instances,
+            found.resident,
+            found.switch_s,
+        )
 
     def mark_down(self) -> None:
         """Nobody answered a request: local is down until discovery says otherwise."""
-        self.cards, self.instances = {}, 0
+        self.cards, self.instances, self.resident = {}, 0, set()
+
+    def switch_costs(self) -> dict[str, float]:
+        """Seconds a request for each non-resident model first spends loading it."""
+        return {m: self.switch_s for m in self.cards if m not in self.resident}
 
     async def run(self, interval_s: float) -> None:
         while True:

@@ -69,6 +69,8 @@ class Local(msgspec.Struct, frozen=True, kw_only=True):
     """Model id -> context window, of the running llm services (empty: none up)."""
     queue_wait_s: float = 0.0
     queue_full: bool = False
+    switch_s: dict[str, float] = {}
+    """Model id -> seconds to load it first, for models not resident."""
     npu_temp_c: float | None = None
 
 
@@ -210,7 +212,7 @@ def _local_limits(f: Features, window: int, cfg: PolicySettings) -> str | None:
     return None
 
 
-def _local_pressure(s: Local, cfg: PolicySettings) -> tuple[str | None, bool]:
+def _local_pressure(s: Local, cfg: PolicySettings, model: str = "") -> tuple[str | None, bool]:
     """(why local should be avoided now, whether local is refused outright)."""
     if not s.models:
         return "local llm unavailable", True
@@ -220,8 +222,10 @@ def _local_pressure(s: Local, cfg: PolicySettings) -> tuple[str | None, bool]:
         return f"NPU hot at {s.npu_temp_c:.0f} C", False
     if s.queue_full:
         return "local queue full", False
-    if s.queue_wait_s > cfg.max_local_wait_s:
-        return f"local queue wait ~{s.queue_wait_s:.0f} s", False
+    switch = s.switch_s.get(model, 0.0)
+    if s.queue_wait_s + switch > cfg.max_local_wait_s:
+        what = f"local queue wait ~{s.queue_wait_s:.0f} s"
+        return (f"{what} + model switch ~{switch:.0f} s" if switch else what), False
     return None, False
 
 
@@ -264,7 +268,7 @@ def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings)
         raise unavailable("No local model is running; try again shortly.")
     if cannot := _local_cannot(f):
         raise InvalidRequest(f"Model `{model}` runs locally: {cannot}.", code="unsupported")
-    pressure, refused = _local_pressure(s.local, cfg)
+    pressure, refused = _local_pressure(s.local, cfg, model)
     if refused:
         raise unavailable(f"Model `{model}` cannot run now: {pressure}.")
     return Decision(target="local", model=model, upstream=None, reasons=["model pinned to local"])
@@ -287,7 +291,7 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     cloud, no_cloud = _cloud_choice(_default_cloud(s), s)
     window = s.local.models.get(local_model or "", 0)
     limit = _local_limits(f, window, cfg) if local_model else None
-    pressure, refused = _local_pressure(s.local, cfg)
+    pressure, refused = _local_pressure(s.local, cfg, local_model or "")
     score, named = complexity(f, cfg)
     hard = score >= cfg.hard_score
 

@@ -1,7 +1,8 @@
 """Generation backends. `create_backend(spec)` is the only door in.
 
-A backend formats and tokenizes a chat prompt and streams the generated text one token at
-a time. It knows nothing of NATS, stop strings or OpenAI: edge_llm.generation does that.
+A backend formats and tokenizes a chat prompt (always possible) and, once its weights are
+loaded, streams the generated text one token at a time. It knows nothing of NATS, stop
+strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_llm.residency).
 """
 
 from collections.abc import AsyncIterator
@@ -24,6 +25,17 @@ class Backend(Protocol):
     kind: str
     card: ModelCard
     spec: "ModelSpec"
+    footprint_mb: int
+    """Memory the loaded model takes."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None:
+        """Load the weights (blocking: seconds on the board); a no-op when loaded."""
+        ...
+
+    def unload(self) -> None: ...
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
         """The model's chat template applied to `messages`, tokenized."""

@@ -2,7 +2,8 @@
 
 The prompt is the model's own chat template (GGUF metadata `tokenizer.chat_template`),
 rendered and tokenized exactly as llama-cpp-python's chat handler does, so token counts
-agree with llama.cpp's server.
+agree with llama.cpp's server. The vocabulary is loaded at once (cheap: prompts can be
+checked whether or not the model is resident); the weights by `load()`.
 """
 
 import codecs
@@ -43,6 +44,8 @@ class LlamaCppModel(msgspec.Struct, frozen=True, kw_only=True, tag="llamacpp", t
     """Context window in tokens (prompt + completion)."""
     threads: int = 0
     """CPU threads for decoding; 0 means all cores."""
+    memory_mb: int = 0
+    """Memory the loaded model takes, for the residency budget; 0 = file size x 1.2."""
     temperature: float = 0.8
     """Sampling temperature when a request names none (llama.cpp's default)."""
     top_p: float = 0.95
@@ -55,54 +58,72 @@ class LlamaCppBackend:
     kind: Literal["llamacpp"] = "llamacpp"
 
     def __init__(self, spec: LlamaCppModel) -> None:
-        path = Path(spec.path) if spec.path else bundled_model()
-        self._llm = Llama(
-            model_path=str(path),
-            n_ctx=spec.context_length,
-            n_threads=spec.threads or os.cpu_count(),
-            verbose=False,
-        )
-        template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
+        self._path = path = Path(spec.path) if spec.path else bundled_model()
+        self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._llm: Llama | None = None
+        template = spec.chat_template or self._vocab.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"model {spec.id}: {path} has no chat template; set chat_template")
-        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        eos, bos = self._vocab.token_eos(), self._vocab.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=self._token_text(eos),
             bos_token=self._token_text(bos),
         )
-        vocab = self._llm._model.vocab  # the public API has no end-of-generation test
+        vocab = self._vocab._model.vocab  # the public API has no end-of-generation test
         self._eog: Callable[[int], bool] = lambda token: llama_cpp.llama_vocab_is_eog(vocab, token)
         self.spec = spec
         self.card = ModelCard(
             id=spec.id, context_length=spec.context_length, created=int(path.stat().st_mtime)
         )
+        self.footprint_mb = spec.memory_mb or round(path.stat().st_size * 1.2 / 2**20)
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def load(self) -> None:
+        if self._llm is None:
+            self._llm = Llama(
+                model_path=str(self._path),
+                n_ctx=self.spec.context_length,
+                n_threads=self.spec.threads or os.cpu_count(),
+                verbose=False,
+            )
+
+    def unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
 
     def _token_text(self, token: int) -> str:
-        return self._llm.detokenize([token], special=True).decode() if token >= 0 else ""
+        return self._vocab.detokenize([token], special=True).decode() if token >= 0 else ""
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
         rendered = self._formatter(messages=[msgspec.structs.asdict(m) for m in messages])
-        return self._llm.tokenize(
+        return self._vocab.tokenize(
             rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
         )
 
     def stream(self, prompt: list[int], sampling: "Sampling") -> AsyncIterator[str]:
+        llm = self._llm
+        assert llm is not None, f"model {self.card.id} is not loaded"
+
         def produce(emit: Callable[[str], None], stop: threading.Event) -> None:
             if sampling.seed is not None:
                 # Reproducible on request: re-evaluating only a prompt suffix against the KV
                 # cache computes slightly different logits, enough to flip greedy choices.
-                self._llm.set_seed(sampling.seed)
-                self._llm.reset()
+                llm.set_seed(sampling.seed)
+                llm.reset()
             # Tokens can split a UTF-8 character: decode incrementally, emit what is whole.
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            tokens = self._llm.generate(
+            tokens = llm.generate(
                 prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True
             )
             for generated, token in enumerate(tokens, start=1):
                 if stop.is_set() or self._eog(token):
                     break
-                emit(decoder.decode(self._llm.detokenize([token])))
+                emit(decoder.decode(llm.detokenize([token])))
                 if generated >= sampling.max_new_tokens:
                     break
             tokens.close()
