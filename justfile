@@ -26,3 +26,11 @@ bench-overhead *args:
 # cost of a routing decision next to decoding the request body
 bench-policy *args:
     python bench/policy.py {{args}}
+
+# 64 concurrent streaming clients: bounded (depth 16) vs unbounded queue
+bench-overload *args:
+    python bench/overload.py {{args}}
+
+# how fast the NPU lease is free: client disconnect vs a crashed holder (TTL)
+bench-cancel *args:
+    python bench/cancel.py {{args}}

@@ -119,10 +119,6 @@ async def test_lease_held_while_generating_and_freed_on_disconnect(
         closed = time.perf_counter()
         del lines
     async with asyncio.timeout(5):
-        while lease.status().held:
-            lease._view.changed.clear()
-            if not lease.status().held:
-                break
-            await lease._view.changed.wait()
+        await lease.wait_until(lambda status: not status.held)
     freed_s = time.perf_counter() - closed
     assert freed_s < 1.0, f"lease freed after {freed_s * 1000:.0f} ms"

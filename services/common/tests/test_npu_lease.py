@@ -50,11 +50,7 @@ async def make_lease(nats_server, board: str, bucket: str) -> AsyncIterator[Call
 async def until(lease: NpuLease, check: Callable[[NpuLease], bool]) -> None:
     """Wait on the lease's own watcher until `check` holds."""
     async with asyncio.timeout(10):
-        while not check(lease):
-            lease._view.changed.clear()
-            if check(lease):
-                return
-            await lease._view.changed.wait()
+        await lease.wait_until(lambda _: check(lease))
 
 
 def worker(nats_url: str, bucket: str, board: str, name: str, rounds: int, hold_s: float):

@@ -17,7 +17,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import msgspec
@@ -73,16 +73,22 @@ class _View:
     def __init__(self) -> None:
         self.live: dict[str, tuple[int, Holder]] = {}
         self.tombstones: dict[str, int] = {}
-        self.changed = asyncio.Event()
+        self.version = 0
+        self.changed = asyncio.Condition()
 
-    def apply(self, entry: KeyValue.Entry) -> None:
+    async def apply(self, entry: KeyValue.Entry) -> None:
+        async with self.changed:
+            self._apply(entry)
+            self.version += 1
+            self.changed.notify_all()
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self.live.pop(entry.key, None)
             self.tombstones[entry.key] = entry.revision
         else:
             self.live[entry.key] = (entry.revision, _holder.decode(entry.value))
             self.tombstones.pop(entry.key, None)
-        self.changed.set()
 
     def last_revision(self, key: str) -> int:
         """What a CAS on `key` must name: its live or tombstone revision, 0 if never written."""
@@ -134,7 +140,7 @@ class NpuLease:
                     if entry is None:
                         ready.set()
                     else:
-                        self._view.apply(entry)
+                        await self._view.apply(entry)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -144,6 +150,12 @@ class NpuLease:
     async def stop(self) -> None:
         if self._watch_task:
             self._watch_task.cancel()
+
+    async def wait_until(self, check: Callable[[LeaseStatus], bool]) -> LeaseStatus:
+        """The status, once the watcher has shown one that satisfies `check`."""
+        async with self._view.changed:
+            await self._view.changed.wait_for(lambda: check(self.status()))
+            return self.status()
 
     def status(self) -> LeaseStatus:
         now = time.time()
@@ -184,16 +196,22 @@ class NpuLease:
         order = await self._claim(key, kv.create(key, _encode(me)))
         ticket = Held(self, key, order, msgspec.structs.replace(me, order=order))
         try:
+            seen = -1
             while True:
-                self._view.changed.clear()
-                if slot := self._free_slot_for(key, order):
-                    lease_key = f"{self.board}.lease.{slot - 1}"
-                    if held := await self._take(
-                        lease_key, msgspec.structs.replace(me, since=time.time())
-                    ):
-                        log.info("npu.lease_acquired", key=lease_key, model=model)
-                        return held
-                await self._view.changed.wait()
+                async with self._view.changed:
+                    # our turn, in a view newer than the one a failed take was based on
+                    await self._view.changed.wait_for(
+                        lambda seen=seen: (
+                            self._view.version > seen and self._free_slot_for(key, order)
+                        )
+                    )
+                    seen = self._view.version
+                slot = self._free_slot_for(key, order)
+                lease_key = f"{self.board}.lease.{slot - 1}"
+                holder = msgspec.structs.replace(me, since=time.time())
+                if held := await self._take(lease_key, holder):
+                    log.info("npu.lease_acquired", key=lease_key, model=model)
+                    return held
         finally:
             # in the background: awaiting here would let a cancel orphan a slot just taken
             self._spawn(ticket.release())

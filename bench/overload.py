@@ -1,0 +1,114 @@
+"""Overload: 64 concurrent streaming clients against the local llm, bounded vs unbounded queue.
+
+Two routers in front of the same llm worker, one with queue depth 16 and one with depth
+1000 (effectively unbounded), take the same burst one after the other. For each: how many
+completed, how many got 429 and how fast, TTFT p50/p99 of those served, and the router's
+RSS before and after.
+
+    ./dev bench-overload [--clients 64] [--depth 16] [--max-tokens 16]
+"""
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from edge_common.stack import Proc, free_port, start_nats, start_service
+
+
+def rss_mb(proc: Proc) -> float:
+    for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one(http: httpx.AsyncClient, max_tokens: int) -> tuple[int, float, float]:
+    """(status, seconds to first token or to the refusal, total seconds)."""
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Tell me about the sea."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first = 0.0
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not first and ('"content":"' in line and '"content":""' not in line):
+                first = time.perf_counter() - started
+        status = response.status_code
+    total = time.perf_counter() - started
+    return status, first or total, total
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+async def burst(url: str, clients: int, max_tokens: int) -> list[tuple[int, float, float]]:
+    limits = httpx.Limits(max_connections=clients + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        return await asyncio.gather(*(one(http, max_tokens) for _ in range(clients)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    args = parser.parse_args()
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = (Path(tmp) / "bench.log").open("wb")
+        try:
+            nats_port = free_port()
+            procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
+            env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{nats_port}", "EDGE_LOG_LEVEL": "warning"}
+            procs.append(start_service("llm", free_port(), env, output=logs))
+            rows = []
+            for depth in (args.depth, 1000):
+                port = free_port()
+                router = start_service(
+                    "router", port, env | {"EDGE_ROUTER_QUEUE_DEPTH": str(depth)}, output=logs
+                )
+                procs.append(router)
+                before = rss_mb(router)
+                results = asyncio.run(
+                    burst(f"http://127.0.0.1:{port}", args.clients, args.max_tokens)
+                )
+                rows.append((depth, results, before, rss_mb(router)))
+                router.stop()
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+            logs.close()
+
+    print(f"\n{args.clients} concurrent streaming clients, max_tokens={args.max_tokens},", end="")
+    print(" one llm worker\n")
+    print(
+        f"{'queue depth':>11}{'served':>8}{'429':>6}{'429 p50 ms':>12}{'429 max ms':>12}"
+        f"{'TTFT p50 s':>12}{'TTFT p99 s':>12}{'RSS MB before/after':>22}"
+    )
+    for depth, results, before, after in rows:
+        served = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] == 429]
+        ttft = [r[1] for r in served]
+        refused_ms = [r[1] * 1000 for r in refused]
+        print(
+            f"{depth:>11}{len(served):>8}{len(refused):>6}"
+            f"{(statistics.median(refused_ms) if refused_ms else float('nan')):>12.1f}"
+            f"{(max(refused_ms) if refused_ms else float('nan')):>12.1f}"
+            f"{statistics.median(ttft):>12.2f}{pct(ttft, 99):>12.2f}"
+            f"{f'{before:.0f} / {after:.0f}':>22}"
+        )
+    (_, bounded, *_), (_, unbounded, *_) = rows
+    p99 = [pct([r[1] for r in res if r[0] == 200], 99) for res in (bounded, unbounded)]
+    print(f"\nTTFT p99 bounded/unbounded: x{p99[0] / p99[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
