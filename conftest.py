@@ -97,3 +97,21 @@ def stack(
             router.proc.stop()
     finally:
         llm.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def router_with(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., str]]:
+    """Start another router on the session's bus with its own EDGE_ROUTER_* settings (or any
+    EDGE_* variable); it stops at the end of the module. Returns its URL."""
+    started: list[Service] = []
+
+    def make(**env: str) -> str:
+        root = tmp_path_factory.mktemp("router")
+        started.append(start("router", root, {"EDGE_NATS_URL": stack.nats_url, **env}))
+        return started[-1].url
+
+    yield make
+    for service in started:
+        service.proc.stop()

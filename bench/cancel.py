@@ -13,14 +13,12 @@ import asyncio
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import nats
 from edge_common.npu_lease import NpuLease, default_board
-from edge_common.stack import Proc, free_port, start_nats, start_service
+from edge_common.stack import LocalStack
 
 HOLDER = """
 import asyncio, sys, nats
@@ -92,24 +90,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
-    procs: list[Proc] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = (Path(tmp) / "bench.log").open("wb")
-        try:
-            nats_port = free_port()
-            procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
-            nats_url = f"nats://127.0.0.1:{nats_port}"
-            env = {"EDGE_NATS_URL": nats_url, "EDGE_LOG_LEVEL": "warning"}
-            procs.append(start_service("llm", free_port(), env, output=logs))
-            port = free_port()
-            procs.append(start_service("router", port, env, output=logs))
-            hangups, kills = asyncio.run(
-                measure(nats_url, f"http://127.0.0.1:{port}", args.rounds, args.kills)
-            )
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
-            logs.close()
+    with LocalStack() as stack:
+        url, _ = stack.router()
+        hangups, kills = asyncio.run(
+            measure(stack.env["EDGE_NATS_URL"], url, args.rounds, args.kills)
+        )
     print(f"\nNPU lease free again after ({args.rounds} disconnects, {args.kills} kills):\n")
     print(f"{'cause':<26}{'p50 ms':>10}{'max ms':>10}")
     for name, values in (("client disconnect", hangups), ("holder killed (TTL 5 s)", kills)):

@@ -10,17 +10,9 @@ Prints time-to-first-token p50 and decode tokens/s for both, and their ratios.
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from edge_common.stack import (
-    Proc,
-    free_port,
-    start_llama_cpp_server,
-    start_nats,
-    start_service,
-)
+from edge_common.stack import LocalStack, free_port, start_llama_cpp_server
 from edge_llm.backends.llamacpp import bundled_model
 from llama_cpp import Llama
 from openai import OpenAI
@@ -68,41 +60,28 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     threads = os.cpu_count()
-    procs: list[Proc] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = (Path(tmp) / "bench.log").open("wb")
-        try:
-            llama_port = free_port()
-            procs.append(start_llama_cpp_server(llama_port, bundled_model(), "baseline", logs))
-            nats_port = free_port()
-            procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
-            env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{nats_port}", "EDGE_LOG_LEVEL": "warning"}
-            procs.append(start_service("llm", free_port(), env, output=logs))
-            router_port = free_port()
-            procs.append(start_service("router", router_port, env, output=logs))
-
-            targets = {
-                "llama.cpp server": (
-                    OpenAI(base_url=f"http://127.0.0.1:{llama_port}/v1", api_key="x"),
-                    "baseline",
-                ),
-                "edge router": (
-                    OpenAI(base_url=f"http://127.0.0.1:{router_port}/v1", api_key="x"),
-                    "smollm2-135m-instruct",
-                ),
-            }
-            vocab = Llama(str(bundled_model()), vocab_only=True, verbose=False)
-            for client, model in targets.values():
-                measure(client, model, "warm up", 4, vocab)
-            results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
-            for _ in range(args.rounds):
-                for prompt in PROMPTS:
-                    for name, (client, model) in targets.items():
-                        results[name].append(measure(client, model, prompt, args.max_tokens, vocab))
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
-            logs.close()
+    with LocalStack() as stack:
+        llama_port = free_port()
+        stack.add(start_llama_cpp_server(llama_port, bundled_model(), "baseline", stack.log))
+        router_url, _ = stack.router()
+        targets = {
+            "llama.cpp server": (
+                OpenAI(base_url=f"http://127.0.0.1:{llama_port}/v1", api_key="x"),
+                "baseline",
+            ),
+            "edge router": (
+                OpenAI(base_url=f"{router_url}/v1", api_key="x"),
+                "smollm2-135m-instruct",
+            ),
+        }
+        vocab = Llama(str(bundled_model()), vocab_only=True, verbose=False)
+        for client, model in targets.values():
+            measure(client, model, "warm up", 4, vocab)
+        results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for prompt in PROMPTS:
+                for name, (client, model) in targets.items():
+                    results[name].append(measure(client, model, prompt, args.max_tokens, vocab))
 
     n = args.rounds * len(PROMPTS)
     print(f"\n{n} streaming requests per target, max_tokens={args.max_tokens}, greedy,", end="")

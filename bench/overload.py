@@ -11,12 +11,11 @@ RSS before and after.
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from edge_common.stack import Proc, free_port, start_nats, start_service
+from edge_common.stack import LocalStack, Proc
 
 
 def rss_mb(proc: Proc) -> float:
@@ -61,31 +60,14 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
-    procs: list[Proc] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = (Path(tmp) / "bench.log").open("wb")
-        try:
-            nats_port = free_port()
-            procs.append(start_nats(nats_port, free_port(), Path(tmp) / "nats", output=logs))
-            env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{nats_port}", "EDGE_LOG_LEVEL": "warning"}
-            procs.append(start_service("llm", free_port(), env, output=logs))
-            rows = []
-            for depth in (args.depth, 1000):
-                port = free_port()
-                router = start_service(
-                    "router", port, env | {"EDGE_ROUTER_QUEUE_DEPTH": str(depth)}, output=logs
-                )
-                procs.append(router)
-                before = rss_mb(router)
-                results = asyncio.run(
-                    burst(f"http://127.0.0.1:{port}", args.clients, args.max_tokens)
-                )
-                rows.append((depth, results, before, rss_mb(router)))
-                router.stop()
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
-            logs.close()
+    rows = []
+    with LocalStack() as stack:
+        for depth in (args.depth, 1000):
+            url, router = stack.router(queue_depth=str(depth))
+            before = rss_mb(router)
+            results = asyncio.run(burst(url, args.clients, args.max_tokens))
+            rows.append((depth, results, before, rss_mb(router)))
+            router.stop()
 
     print(f"\n{args.clients} concurrent streaming clients, max_tokens={args.max_tokens},", end="")
     print(" one llm worker\n")

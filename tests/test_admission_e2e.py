@@ -3,8 +3,7 @@ of the session's llm worker, which holds the board's NPU lease while it generate
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import nats
@@ -16,11 +15,8 @@ LONG = {"role": "user", "content": "Write a very long story about a dragon and a
 
 
 @pytest.fixture(scope="module")
-def router(stack, launch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {"EDGE_NATS_URL": stack.nats_url, "EDGE_ROUTER_QUEUE_DEPTH": str(DEPTH)}
-    service = launch("router", Path(tmp_path_factory.mktemp("admission")), env)
-    yield service.url
-    service.proc.stop()
+def router(router_with) -> str:
+    return router_with(EDGE_ROUTER_QUEUE_DEPTH=str(DEPTH))
 
 
 @pytest.fixture

@@ -60,9 +60,7 @@ def cool_npu(npu_temp: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def router(
-    stack, fakes, launch, npu_temp: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def router(router_with, fakes, npu_temp: Path) -> str:
     upstreams = [
         {
             "name": "flaky",
@@ -91,14 +89,10 @@ def router(
             "api_key_env": "EDGE_TEST_NOT_SET",
         },
     ]
-    env = {
-        "EDGE_NATS_URL": stack.nats_url,
-        "EDGE_ROUTER_UPSTREAMS": json.dumps(upstreams),
-        "EDGE_ROUTER_SYSFS_ROOT": str(npu_temp.parents[3]),
-    }
-    service = launch("router", Path(tmp_path_factory.mktemp("cloud-router")), env)
-    yield service.url
-    service.proc.stop()
+    return router_with(
+        EDGE_ROUTER_UPSTREAMS=json.dumps(upstreams),
+        EDGE_ROUTER_SYSFS_ROOT=str(npu_temp.parents[3]),
+    )
 
 
 @pytest.fixture

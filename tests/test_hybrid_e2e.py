@@ -24,13 +24,11 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(stack, llama_server, launch, tmp_path_factory) -> Iterator[OpenAI]:
+def client(router_with, llama_server: str) -> Iterator[OpenAI]:
     upstream = {"name": "board2", "base_url": llama_server, "models": ["board2-smollm"]}
-    env = {"EDGE_NATS_URL": stack.nats_url, "EDGE_ROUTER_UPSTREAMS": json.dumps([upstream])}
-    router = launch("router", Path(tmp_path_factory.mktemp("hybrid")), env)
-    with OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0) as c:
+    url = router_with(EDGE_ROUTER_UPSTREAMS=json.dumps([upstream]))
+    with OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c:
         yield c
-    router.proc.stop()
 
 
 def ask(client: OpenAI, content: str, **kw: object) -> Any:

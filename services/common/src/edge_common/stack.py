@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,3 +134,44 @@ def start_llama_cpp_server(
     proc = spawn("llama_cpp.server", argv, output=output)
     proc.wait_ready(f"http://127.0.0.1:{port}/v1/models", 60)
     return proc
+
+
+class LocalStack:
+    """nats-server and an llm worker on free ports, in a temporary directory, for benches.
+
+    Add routers (each with its own EDGE_ROUTER_* settings) or other processes; on exit all
+    of them stop, last started first.
+    """
+
+    def __enter__(self) -> "LocalStack":
+        self._tmp = tempfile.TemporaryDirectory()
+        workdir = Path(self._tmp.name)
+        self.log = (workdir / "stack.log").open("wb")
+        self._procs: list[Proc] = []
+        try:
+            port = free_port()
+            self.add(start_nats(port, free_port(), workdir / "nats", output=self.log))
+            self.env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{port}", "EDGE_LOG_LEVEL": "warning"}
+            self.add(start_service("llm", free_port(), self.env, output=self.log))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def add(self, proc: Proc) -> Proc:
+        self._procs.append(proc)
+        return proc
+
+    def router(self, **settings: str) -> tuple[str, Proc]:
+        """A router on this stack: its URL and process."""
+        port = free_port()
+        env = {**self.env, **{f"EDGE_ROUTER_{k.upper()}": v for k, v in settings.items()}}
+        return f"http://127.0.0.1:{port}", self.add(
+            start_service("router", port, env, output=self.log)
+        )
+
+    def __exit__(self, *_: object) -> None:
+        for proc in reversed(self._procs):
+            proc.stop()
+        self.log.close()
+        self._tmp.cleanup()
