@@ -10,7 +10,7 @@ from contextlib import aclosing
 
 from edge_common.wire import ChatRequest, Delta, Done
 
-from edge_llm.backends import Backend, Sampling
+from edge_llm.backends import Backend, RuntimeUsage, Sampling
 
 
 class StopMatcher:
@@ -67,8 +67,12 @@ class Generation:
         )
         matcher = StopMatcher(request.stop)
         stopped = False
+        counted: RuntimeUsage | None = None
         async with aclosing(self._backend.stream(self._prompt, sampling)) as pieces:
             async for piece in pieces:
+                if isinstance(piece, RuntimeUsage):
+                    counted = piece
+                    continue
                 self.completion_tokens += 1
                 text, stopped = matcher.feed(piece)
                 if text:
@@ -77,8 +81,10 @@ class Generation:
                     break
         if not stopped and (tail := matcher.flush()):
             yield Delta(text=tail)
+        if counted is not None:  # the runtime's own figures win
+            self.completion_tokens = counted.completion_tokens
         yield Done(
             finish_reason="length" if not stopped and self.completion_tokens >= budget else "stop",
-            prompt_tokens=len(self._prompt),
+            prompt_tokens=counted.prompt_tokens if counted else len(self._prompt),
             completion_tokens=self.completion_tokens,
         )

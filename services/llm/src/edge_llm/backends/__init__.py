@@ -8,17 +8,11 @@ strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_ll
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import msgspec
 from edge_common.wire import ChatMessage, ModelCard
 
+from edge_llm.backends.base import RuntimeUsage, Sampling
 from edge_llm.backends.llamacpp import LlamaCppBackend, LlamaCppModel
-
-
-class Sampling(msgspec.Struct, frozen=True, kw_only=True):
-    temperature: float
-    top_p: float
-    seed: int | None
-    max_new_tokens: int
+from edge_llm.backends.rkllm import RkllmBackend, RkllmModel
 
 
 class Backend(Protocol):
@@ -41,18 +35,22 @@ class Backend(Protocol):
         """The model's chat template applied to `messages`, tokenized."""
         ...
 
-    def stream(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[str]:
-        """Text of each generated token, until end of sequence or `max_new_tokens`.
+    def stream(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[str | RuntimeUsage]:
+        """Text of each generated token, until end of sequence or `max_new_tokens`, and
+        possibly, last, the runtime's own count of the tokens.
 
         Closing the iterator aborts generation; it returns once the model is free again.
         """
         ...
 
 
-ModelSpec = LlamaCppModel
+ModelSpec = LlamaCppModel | RkllmModel
+__all__ = ["Backend", "ModelSpec", "RuntimeUsage", "Sampling", "create_backend"]
 
 
 def create_backend(spec: ModelSpec) -> Backend:
     match spec:
         case LlamaCppModel():
             return LlamaCppBackend(spec)
+        case RkllmModel():
+            return RkllmBackend(spec)

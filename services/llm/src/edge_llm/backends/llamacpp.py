@@ -23,7 +23,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from edge_llm.threads import iterate_in_thread
 
 if TYPE_CHECKING:
-    from edge_llm.backends import Sampling
+    from edge_llm.backends.base import Sampling
 
 
 def bundled_model() -> Path:
