@@ -6,6 +6,7 @@ starts them; their logs go to files that tests can read.
 """
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,38 @@ def router_with(
     yield make
     for service in started:
         service.proc.stop()
+
+
+DOUBLE_SOURCE = Path(__file__).parent / "services/llm/tests/rkllm_double/rkllm_double.c"
+WORDS = ["[UNK]", "<|user|>", "<|assistant|>", "hello", "npu", "tell", "me", "a", "story"]
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """The double built with the system C compiler, a word-level tokenizer.json in which
+    "boom" is token 666 (the double's ERROR marker), and a stand-in .rkllm file."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    root = tmp_path_factory.mktemp("rkllm")
+    library = root / "librkllmrt.so"
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-O1", "-pthread", "-o", str(library), str(DOUBLE_SOURCE)],
+        check=True,
+    )
+    vocab = {word: i for i, word in enumerate(WORDS)} | {"boom": 666}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.save(str(root / "tokenizer.json"))
+    (root / "model.rkllm").write_bytes(b"\0" * 4096)
+    return {
+        "library": library,
+        "tokenizer": root / "tokenizer.json",
+        "model": root / "model.rkllm",
+        "template": TEMPLATE,
+    }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
+import structlog
 from edge_common.wire import ChatMessage, ModelCard
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
@@ -24,6 +25,8 @@ from edge_llm.threads import iterate_in_thread
 
 if TYPE_CHECKING:
     from edge_llm.backends.base import Sampling
+
+log = structlog.get_logger(__name__)
 
 
 class RkllmError(RuntimeError):
@@ -188,6 +191,7 @@ class RkllmBackend:
             if self._failed or rc != 0:
                 raise RkllmError(f"rkllm_run failed ({'ERROR state' if self._failed else rc})")
 
-        return iterate_in_thread(
-            produce, name=f"rkllm-{spec.id}", abort=lambda: lib.rkllm_abort(handle)
-        )
+        def abort() -> None:
+            log.info("llm.rkllm_abort", model=spec.id, rc=lib.rkllm_abort(handle))
+
+        return iterate_in_thread(produce, name=f"rkllm-{spec.id}", abort=abort)

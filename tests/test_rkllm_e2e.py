@@ -1,0 +1,101 @@
+"""The NPU path end to end: the official SDK -> router -> llm worker on the rkllm backend,
+with Rockchip's runtime replaced by the C double of rkllm.h (its own bus, worker, router)."""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from edge_common.stack import free_port, start_nats
+from openai import APIError, AsyncOpenAI
+
+MODEL = "qwen-npu"
+
+
+@pytest.fixture(scope="module")
+def npu_stack(rkllm_files, launch, tmp_path_factory) -> Iterator[tuple[str, object]]:
+    root = Path(tmp_path_factory.mktemp("npu"))
+    port = free_port()
+    with (root / "nats.log").open("wb") as log:
+        nats = start_nats(port, free_port(), root / "store", output=log)
+    spec = {
+        "backend": "rkllm",
+        "id": MODEL,
+        "path": str(rkllm_files["model"]),
+        "tokenizer": str(rkllm_files["tokenizer"]),
+        "chat_template": rkllm_files["template"],
+        "library": str(rkllm_files["library"]),
+        "context_length": 1024,
+    }
+    env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{port}", "EDGE_LLM_MODELS": json.dumps([spec])}
+    try:
+        worker = launch("llm", root, env)
+        router = launch("router", root, env)
+        yield router.url, worker
+        router.proc.stop()
+        worker.proc.stop()
+    finally:
+        nats.stop()
+
+
+@pytest.fixture
+async def client(npu_stack) -> AsyncOpenAI:
+    async with AsyncOpenAI(base_url=f"{npu_stack[0]}/v1", api_key="x", max_retries=0) as c:
+        yield c
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+async def test_tokens_stream_as_produced_with_usage_from_perf(client: AsyncOpenAI) -> None:
+    """Tokens arrive one by one as the runtime produces them; usage is the runtime's perf
+    count (which includes a special token that has no text)."""
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=ask("tell me a story"),
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arrivals, texts, usage = [], [], None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+            texts.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert texts == [f" t{i}" for i in range(1, 20)]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (6, 20)
+    assert arrivals[-1] - arrivals[0] > 0.03  # the double takes 3 ms a token: not one burst
+
+
+async def test_closing_the_stream_calls_rkllm_abort(client: AsyncOpenAI, npu_stack) -> None:
+    """A client that hangs up makes the worker call rkllm_abort."""
+    _, worker = npu_stack
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=ask("hello"), max_tokens=900, stream=True
+    )
+    seen = 0
+    async for chunk in stream:
+        seen += bool(chunk.choices and chunk.choices[0].delta.content)
+        if seen == 2:
+            break
+    await stream.close()
+    async with asyncio.timeout(10):
+        while not worker.log_events("llm.rkllm_abort"):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # another process's log: polled, no event to wait on
+    assert worker.log_events("llm.rkllm_abort")[0]["rc"] == 0
+
+
+async def test_runtime_error_becomes_an_error_event(client: AsyncOpenAI) -> None:
+    """An ERROR state from the runtime reaches the client as a proper error."""
+    stream = await client.chat.completions.create(model=MODEL, messages=ask("boom"), stream=True)
+
+    async def read_all() -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(APIError, match="error while processing"):
+        await read_all()
