@@ -1,4 +1,4 @@
-"""`edge-ai`: run the whole stack locally (`up`)."""
+"""`edge-ai`: run the whole stack locally (`up`); check the board (`doctor`)."""
 
 import argparse
 import os
@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
+from edge_common.board import inspect_board, render
 from edge_common.stack import Proc, StartError, start_nats, start_service
 
 READY = """
@@ -52,6 +55,12 @@ def up(args: argparse.Namespace) -> int:
             proc.stop()
 
 
+def doctor(args: argparse.Namespace) -> int:
+    report = inspect_board(Path(args.root), Path(args.model_dir) if args.model_dir else None)
+    print(msgspec.json.encode(report).decode() if args.json else render(report))
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="edge-ai")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +72,11 @@ def main() -> None:
     p_up.add_argument("--nats-monitor-port", type=int, default=8222)
     p_up.add_argument("--run-dir", default=".run")
     p_up.set_defaults(func=up)
+    p_doctor = commands.add_parser("doctor", help="what board this is and which backends run")
+    p_doctor.add_argument("--root", default="/", help="root of /proc and /sys (for tests)")
+    p_doctor.add_argument("--model-dir", default="", help="where .rkllm models are (ROOT/models)")
+    p_doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_doctor.set_defaults(func=doctor)
     args = parser.parse_args()
     sys.exit(args.func(args))
 

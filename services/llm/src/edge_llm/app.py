@@ -14,7 +14,7 @@ from litestar.datastructures import State
 from edge_llm.backends import create_backend
 from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
-from edge_llm.settings import LlmSettings
+from edge_llm.settings import LlmSettings, resolve_models
 
 log = structlog.get_logger(__name__)
 VERSION = "0.1.0"
@@ -36,10 +36,12 @@ def create_app(settings: LlmSettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            backends = {spec.id: create_backend(spec) for spec in settings.models}
+            models = resolve_models(settings)
+            backends = {spec.id: create_backend(spec) for spec in models}
+            log.info("llm.models", models={s.id: type(s).__struct_config__.tag for s in models})
             residency = Residency(
                 backends,
-                pinned=settings.pinned or settings.models[0].id,
+                pinned=settings.pinned or models[0].id,
                 cap_mb=settings.memory_budget_mb,
                 reserve_mb=settings.memory_reserve_mb,
             )
