@@ -7,11 +7,14 @@ from typing import Any
 
 import structlog
 from edge_common import bus, wire
+from edge_common.metrics import metrics
 from edge_common.npu_lease import NpuLease, default_board, lease_owner
 from litestar import Litestar, get
 from litestar.datastructures import State
+from prometheus_client import REGISTRY
 
 from edge_llm.backends import create_backend
+from edge_llm.metrics import LiveState
 from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
 from edge_llm.settings import LlmSettings, resolve_models
@@ -74,10 +77,19 @@ def create_app(settings: LlmSettings) -> Litestar:
             if settings.keep_alive_s > 0:
                 unloader = asyncio.create_task(_unload_idle(server, settings.keep_alive_s))
                 stack.callback(unloader.cancel)
+            live = LiveState(
+                lambda: (
+                    server.stats().queued,
+                    server.stats().busy,
+                    len(residency.status().resident),
+                )
+            )
+            REGISTRY.register(live)
+            stack.callback(REGISTRY.unregister, live)
             app.state.update(server=server, cards=cards, lease=lease)
             yield
 
-    return Litestar([health], lifespan=[lifespan], logging_config=None)
+    return Litestar([health, metrics], lifespan=[lifespan], logging_config=None)
 
 
 async def _unload_idle(server: LlmServer, keep_alive_s: float) -> None:

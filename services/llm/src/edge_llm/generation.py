@@ -52,6 +52,7 @@ class Generation:
         self._backend = backend
         self._request = request
         self._prompt = prompt
+        self.model = request.model
         self.completion_tokens = 0
         self.outcome: str | None = None
         """How it ended (completed, cancelled, failed), set by whoever ran it."""

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro.request import Request, ServiceError
 
+from edge_llm import metrics
 from edge_llm.backends import Backend
 from edge_llm.generation import Generation
 from edge_llm.residency import CannotFit, Residency
@@ -113,11 +114,17 @@ class LlmServer:
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         generation = Generation(backend, request, prompt)
         self._queued += 1
+        queued_at = time.perf_counter()
         try:
             async with self._gpu, self._lease.hold(request.model) as npu:
+                metrics.LEASE_WAIT.observe(time.perf_counter() - queued_at)
                 self._queued -= 1
                 self._current = generation
+                loads = self.residency.loads
+                switching = time.perf_counter()
                 await self.residency.ensure(request.model)  # a switch occupies the NPU too
+                if self.residency.loads > loads:
+                    metrics.SWITCH.observe(time.perf_counter() - switching)
                 started = time.perf_counter()
                 log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
                 async for event in generation.events():
@@ -147,6 +154,8 @@ class LlmServer:
         if generation.outcome:
             return
         generation.outcome = outcome
+        metrics.GENERATIONS.labels(generation.model, outcome).inc()
+        metrics.TOKENS.labels(generation.model).inc(generation.completion_tokens)
         if self._current is generation:
             self._current = None
         self._ended[outcome] += 1

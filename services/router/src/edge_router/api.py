@@ -18,6 +18,7 @@ from edge_router.chat import Caller, ChatService, Routed
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, ClientGone, InvalidRequest
 from edge_router.local_state import LocalCatalog
+from edge_router.metrics import Observation
 from edge_router.request_id import request_id_of
 from edge_router.settings import PolicySettings, RouterSettings
 
@@ -26,16 +27,21 @@ T = TypeVar("T")
 LOCAL_ONLY_HEADER = "x-edge-local-only"
 
 
-async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _sse(payloads: AsyncIterator[bytes], seen: Observation) -> AsyncIterator[bytes]:
+    status = 499  # unless we get to the end: the client went away
     try:
         async for payload in payloads:
+            seen.payload(payload)
             yield b"data: " + payload + b"\n\n"
+        status = 200
+        yield b"data: [DONE]\n\n"
     except ApiError as exc:
         # headers are gone: the failure travels as a last event, as OpenAI does
         log.warning("router.stream_failed", error=exc.message, code=exc.code)
+        status = exc.status
         yield b"data: " + p.encode(exc.body()) + b"\n\n"
-        return
-    yield b"data: [DONE]\n\n"
+    finally:
+        seen.done(status)
 
 
 def _number(request: Request[Any, Any, Any], *names: str) -> float | None:
@@ -100,20 +106,25 @@ async def chat_completions(
 ) -> Response[Any]:
     raw = await request.json()
     caller = caller_of(request, settings)
-    routed = await unless_gone(
-        request, chat.handle(data, raw, request_id_of(request.scope), caller)
-    )
-    log.info(
-        "router.routed",
-        route=routed.decision.target,
-        model=routed.decision.model,
-        reasons=routed.decision.reasons,
-    )
+    seen = Observation(data.model)
+    try:
+        routed = await unless_gone(
+            request,
+            chat.handle(data, raw, request_id_of(request.scope), caller, seen.counted),
+        )
+    except ApiError as exc:
+        seen.done(exc.status)
+        raise
+    d = routed.decision
+    seen.routed(d.target, d.model)
+    log.info("router.routed", route=d.target, model=d.model, reasons=d.reasons)
     headers = _route_headers(routed)
     if isinstance(routed.body, bytes):
+        seen.payload(routed.body)
+        seen.done(200)
         return Response(routed.body, media_type="application/json", headers=headers)
     return Stream(
-        _sse(routed.body),
+        _sse(routed.body, seen),
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )

@@ -6,10 +6,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from edge_common import bus
+from edge_common.metrics import metrics
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from prometheus_client import REGISTRY
 
 from edge_router.admission import Admission
 from edge_router.api import chat_completions, explain_route, health, list_models
@@ -18,6 +20,7 @@ from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
+from edge_router.metrics import LiveState
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
 
@@ -39,6 +42,9 @@ def create_app(settings: RouterSettings) -> Litestar:
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
             admission = Admission(depth=settings.queue_depth, concurrency=lambda: catalog.instances)
+            live = LiveState(admission, cloud, Path(settings.sysfs_root))
+            REGISTRY.register(live)
+            stack.callback(REGISTRY.unregister, live)
             app.state.update(
                 nc=nc,
                 cloud=cloud,
@@ -63,7 +69,7 @@ def create_app(settings: RouterSettings) -> Litestar:
         return Provide(provide, sync_to_thread=False)
 
     return Litestar(
-        [chat_completions, explain_route, list_models, health],
+        [chat_completions, explain_route, list_models, health, metrics],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         dependencies={

@@ -5,7 +5,7 @@ iterator of SSE payloads (JSON bytes); api.py frames them. Local answers are bui
 the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,19 @@ def _usage(done: wire.Done) -> p.Usage:
     )
 
 
+UsageSink = Callable[[p.Usage], None]
+
+
+def _ignore(_: p.Usage) -> None:
+    pass
+
+
 async def chunks(
-    events: AsyncIterator[wire.Delta | wire.Done], id_: str, model: str, include_usage: bool
+    events: AsyncIterator[wire.Delta | wire.Done],
+    id_: str,
+    model: str,
+    include_usage: bool,
+    on_usage: UsageSink = _ignore,
 ) -> AsyncIterator[p.ChatCompletionChunk]:
     created = p.now()
 
@@ -136,6 +147,7 @@ async def chunks(
         if isinstance(event, wire.Delta):
             yield chunk(p.ChunkDelta(content=event.text))
         else:
+            on_usage(_usage(event))
             yield chunk(p.ChunkDelta(), event.finish_reason)
             if include_usage:
                 yield p.ChatCompletionChunk(
@@ -199,14 +211,22 @@ class ChatService:
         return out
 
     async def handle(
-        self, request: p.ChatCompletionRequest, raw: dict[str, Any], request_id: str, caller: Caller
+        self,
+        request: p.ChatCompletionRequest,
+        raw: dict[str, Any],
+        request_id: str,
+        caller: Caller,
+        on_usage: UsageSink = _ignore,
     ) -> Routed:
+        """Route and run; `on_usage` hears the token counts of local generations."""
         check(request)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         decision = policy.decide(request.model, features, state, self._policy)
         try:
-            return Routed(decision, await self._run(decision, request, raw, request_id, caller))
+            return Routed(
+                decision, await self._run(decision, request, raw, request_id, caller, on_usage)
+            )
         except (Unavailable, BadGateway) as exc:
             fallback = decision.fallback
             if fallback is None:
@@ -223,7 +243,9 @@ class ChatService:
                     f"{decision.target} failed, fell back to {fallback.target}",
                 ],
             )
-            return Routed(decision, await self._run(decision, request, raw, request_id, caller))
+            return Routed(
+                decision, await self._run(decision, request, raw, request_id, caller, on_usage)
+            )
 
     async def _run(
         self,
@@ -232,6 +254,7 @@ class ChatService:
         raw: dict[str, Any],
         request_id: str,
         caller: Caller,
+        on_usage: UsageSink,
     ) -> Body:
         if d.target == "cloud":
             assert d.upstream is not None
@@ -251,7 +274,9 @@ class ChatService:
                 include_usage = bool(
                     request.stream_options and request.stream_options.include_usage
                 )
-                return self._local_stream(wire_request, include_usage, events, held.pop_all())
+                return self._local_stream(
+                    wire_request, include_usage, events, held.pop_all(), on_usage
+                )
             return _json.encode(await self._collect(events, d.model, request_id))
 
     async def _submit(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
@@ -268,10 +293,11 @@ class ChatService:
         include_usage: bool,
         events: AsyncIterator[wire.Delta | wire.Done],
         held: AsyncExitStack,
+        on_usage: UsageSink,
     ) -> AsyncIterator[bytes]:
         async with held:
             id_ = f"chatcmpl-{request.request_id}"
-            async for chunk in chunks(events, id_, request.model, include_usage):
+            async for chunk in chunks(events, id_, request.model, include_usage, on_usage):
                 yield _json.encode(chunk)
 
     @staticmethod

@@ -1,0 +1,108 @@
+"""The router's Prometheus metrics and the one `request.completed` event per request.
+
+Events (requests, latencies, tokens) are counted as they happen by an Observation per
+request; state (queue, NPU temperature, cloud breakers and retries) is read at scrape time.
+"""
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import structlog
+from edge_common.thermal import npu_temperature
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edge_router import protocol as p
+from edge_router.admission import Admission
+from edge_router.cloud import CloudClient
+
+log = structlog.get_logger("edge_router.requests")
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter("edge_requests", "Chat requests answered", ["route", "model", "status"])
+DURATION = Histogram("edge_request_seconds", "Time to the answer's end", ["route"], buckets=BUCKETS)
+TTFT = Histogram("edge_ttft_seconds", "Time to a stream's first token", ["route"], buckets=BUCKETS)
+TOKENS = Counter("edge_tokens", "Tokens processed", ["route", "kind"])
+
+
+class _WithUsage(msgspec.Struct):
+    usage: p.Usage | None = None
+
+
+_usage_of = msgspec.json.Decoder(_WithUsage).decode
+
+
+class Observation:
+    """One chat request, from arrival to its last byte."""
+
+    def __init__(self, model: str) -> None:
+        self.started = time.perf_counter()
+        self.route, self.model = "none", model
+        self.ttft_s: float | None = None
+        self.usage: p.Usage | None = None
+
+    def routed(self, route: str, model: str) -> None:
+        self.route, self.model = route, model
+
+    def payload(self, raw: bytes) -> None:
+        """A body or an SSE payload on its way out: note first token and usage."""
+        if self.ttft_s is None and b'"content":"' in raw and b'"content":""' not in raw:
+            self.ttft_s = time.perf_counter() - self.started
+            TTFT.labels(self.route).observe(self.ttft_s)
+        if b'"usage":{' in raw:
+            with contextlib.suppress(msgspec.DecodeError):  # not ours to judge here
+                self.usage = _usage_of(raw).usage or self.usage
+
+    def counted(self, usage: p.Usage) -> None:
+        self.usage = usage
+
+    def done(self, status: int) -> None:
+        total = time.perf_counter() - self.started
+        REQUESTS.labels(self.route, self.model, str(status)).inc()
+        DURATION.labels(self.route).observe(total)
+        if self.usage:
+            TOKENS.labels(self.route, "prompt").inc(self.usage.prompt_tokens)
+            TOKENS.labels(self.route, "completion").inc(self.usage.completion_tokens)
+        log.info(
+            "request.completed",
+            route=self.route,
+            model=self.model,
+            status=status,
+            ttft_s=None if self.ttft_s is None else round(self.ttft_s, 4),
+            total_s=round(total, 4),
+            prompt_tokens=self.usage.prompt_tokens if self.usage else None,
+            completion_tokens=self.usage.completion_tokens if self.usage else None,
+        )
+
+
+class LiveState(Collector):
+    """Gauges and counters that are the current state of live objects."""
+
+    def __init__(self, admission: Admission, cloud: CloudClient, sysfs_root: Path) -> None:
+        self._admission, self._cloud, self._sysfs_root = admission, cloud, sysfs_root
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        q = self._admission.status()
+        yield GaugeMetricFamily(
+            "edge_queue_waiting", "Requests waiting for the local llm", q.waiting
+        )
+        yield GaugeMetricFamily("edge_queue_running", "Local requests running", q.running)
+        yield GaugeMetricFamily(
+            "edge_queue_estimated_wait_seconds",
+            "Wait of a request arriving now",
+            q.estimated_wait_s,
+        )
+        yield CounterMetricFamily("edge_queue_rejected", "Requests refused with 429", q.rejected)
+        if zone := npu_temperature(self._sysfs_root):
+            yield GaugeMetricFamily("edge_npu_temperature_celsius", "NPU temperature", zone.celsius)
+        retries = CounterMetricFamily("edge_cloud_retries", "Cloud retries", labels=["upstream"])
+        breaker = GaugeMetricFamily("edge_cloud_breaker_open", "1 if open", labels=["upstream"])
+        for name, b in self._cloud.breakers.items():
+            retries.add_metric([name], self._cloud.retries[name])
+            breaker.add_metric([name], float(b.state == "open"))
+        yield retries
+        yield breaker
