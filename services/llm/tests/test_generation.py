@@ -1,5 +1,8 @@
 """Generation semantics above the model: stop strings, completion budget, finish reason."""
 
+import asyncio
+import contextlib
+
 import pytest
 from edge_common.wire import ChatMessage, ChatRequest, Delta, Done
 from edge_llm.backends import Backend
@@ -77,3 +80,25 @@ async def test_context_window_bounds_budget(backend: Backend) -> None:
     assert completion_budget(req, 100, 2048) == 1948
     assert completion_budget(request("hi", max_tokens=50), 100, 2048) == 50
     assert completion_budget(request("hi", max_tokens=5000), 100, 2048) == 1948
+
+
+async def test_cancel_interrupts_a_long_prefill(backend: Backend) -> None:
+    """Closing the stream while a long prompt is being evaluated interrupts that decode
+    (llama.cpp's abort callback) instead of waiting for it; the next request is served."""
+    long_prompt = backend.prompt_tokens(
+        [ChatMessage(role="user", content="Summarise this. " + "The quarterly report grew. " * 300)]
+    )
+    assert len(long_prompt) > 1500
+    before = backend.interrupted_decodes
+    generation = Generation(backend, request("unused", max_tokens=50), long_prompt)
+    events = generation.events()
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0)  # one loop turn: the first step starts the prefill thread
+    first.cancel()  # as the worker does when a client goes away
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await events.aclose()
+    assert backend.interrupted_decodes == before + 1
+    assert generation.completion_tokens == 0
+    _, done = await run(backend, request("Say hi.", max_tokens=3))
+    assert done.completion_tokens == 3

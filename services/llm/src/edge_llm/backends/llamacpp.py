@@ -56,6 +56,12 @@ class LlamaCppBackend:
         self._path = path = Path(spec.path) if spec.path else bundled_model()
         self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
         self._llm: Llama | None = None
+        self._stop: threading.Event | None = None
+        # llama.cpp asks this during every decode: a cancel interrupts even a long prefill
+        self._abort_check = llama_cpp.ggml_abort_callback(
+            lambda _: self._stop is not None and self._stop.is_set()
+        )
+        self.interrupted_decodes = 0
         template = spec.chat_template or self._vocab.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"model {spec.id}: {path} has no chat template; set chat_template")
@@ -85,6 +91,7 @@ class LlamaCppBackend:
                 n_threads=self.spec.threads or os.cpu_count(),
                 verbose=False,
             )
+            llama_cpp.llama_set_abort_callback(self._llm.ctx, self._abort_check, None)
 
     def unload(self) -> None:
         if self._llm is not None:
@@ -115,12 +122,22 @@ class LlamaCppBackend:
             tokens = llm.generate(
                 prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True
             )
-            for generated, token in enumerate(tokens, start=1):
-                if stop.is_set() or self._eog(token):
-                    break
-                emit(decoder.decode(llm.detokenize([token])))
-                if generated >= sampling.max_new_tokens:
-                    break
-            tokens.close()
+            self._stop = stop
+            try:
+                for generated, token in enumerate(tokens, start=1):
+                    if stop.is_set() or self._eog(token):
+                        break
+                    emit(decoder.decode(llm.detokenize([token])))
+                    if generated >= sampling.max_new_tokens:
+                        break
+            except RuntimeError:
+                if not stop.is_set():
+                    raise
+                # the abort check interrupted a decode: the KV cache is partial, drop it
+                self.interrupted_decodes += 1
+                llm.reset()
+            finally:
+                self._stop = None
+                tokens.close()
 
         return iterate_in_thread(produce, name=f"llamacpp-{self.card.id}")
