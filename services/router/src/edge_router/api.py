@@ -14,6 +14,7 @@ from litestar.response import Stream
 from edge_router import policy
 from edge_router import protocol as p
 from edge_router.admission import Admission
+from edge_router.auth import key_of
 from edge_router.chat import Caller, ChatService, Routed
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, ClientGone, InvalidRequest
@@ -61,9 +62,11 @@ def caller_of(request: Request[Any, Any, Any], settings: RouterSettings) -> Call
     `x-stainless-timeout`, else the configured default.
     """
     deadline = _number(request, "x-edge-deadline-s", "x-stainless-timeout")
+    key = key_of(request)
+    asked_local = request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
     return Caller(
-        local_only=request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes"),
-        priority=int(_number(request, "x-edge-priority") or 0),
+        local_only=asked_local or bool(key and key.local_only),  # a header can only narrow
+        priority=key.priority if key else int(_number(request, "x-edge-priority") or 0),
         deadline_s=deadline or settings.default_deadline_s or None,
     )
 
@@ -170,6 +173,7 @@ async def health(
     return {
         "status": "ok" if catalog.cards else "degraded",
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
+        "auth": "on" if settings.keys_file else "off",
         "nats": {"connected": state.nc.is_connected},
         "services": {"llm": {"reachable": bool(catalog.cards), "models": list(catalog.cards)}},
         "local": {

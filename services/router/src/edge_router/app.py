@@ -15,9 +15,11 @@ from prometheus_client import REGISTRY
 
 from edge_router.admission import Admission
 from edge_router.api import chat_completions, explain_route, health, list_models
+from edge_router.auth import Auth
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
+from edge_router.keys import KeyStore
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import LiveState
@@ -68,8 +70,14 @@ def create_app(settings: RouterSettings) -> Litestar:
 
         return Provide(provide, sync_to_thread=False)
 
+    auth = (
+        Auth(KeyStore(Path(settings.keys_file)), protect_metrics=settings.protect_metrics)
+        if settings.keys_file
+        else None
+    )
     return Litestar(
         [chat_completions, explain_route, list_models, health, metrics],
+        before_request=auth,
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         dependencies={

@@ -92,6 +92,10 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Routing thresholds as a JSON object (see PolicySettings)."""
     local_only: bool = False
     """Never send anything to the cloud, whatever the request."""
+    keys_file: str = ""
+    """API keys file (see `edge-keys`); empty = no authentication (a laptop)."""
+    protect_metrics: bool = False
+    """Require an API key on /metrics too."""
     queue_depth: int = 16
     """Requests that may wait for the local llm beyond those running; more get 429."""
     default_deadline_s: float = 0.0

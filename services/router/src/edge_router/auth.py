@@ -1,0 +1,61 @@
+"""Bearer API keys on every endpoint but /health, /schema and (unless protected) /metrics.
+
+401 when the key is missing, unknown or revoked; 403 when it lacks the endpoint's scope.
+The key's name (never the key) is bound to the request's logs.
+"""
+
+from typing import Any
+
+import structlog
+from litestar import Request
+
+from edge_router.errors import ApiError, Forbidden
+from edge_router.keys import KeyRecord, KeyStore
+
+SCOPE = {"/v1/chat/completions": "chat", "/v1/route/explain": "chat"}
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, code=code, headers={"www-authenticate": "Bearer"})
+
+
+class Auth:
+    def __init__(self, store: KeyStore, *, protect_metrics: bool) -> None:
+        self._store = store
+        self._open = ("/health", "/schema") + (() if protect_metrics else ("/metrics",))
+
+    async def __call__(self, request: Request[Any, Any, Any]) -> None:
+        """Litestar before_request hook."""
+        path = request.url.path
+        if path.startswith(self._open):
+            return
+        record = self.check(request.headers.get("authorization", ""), path)
+        request.state.key = record
+        structlog.contextvars.bind_contextvars(key=record.name)
+
+    def check(self, authorization: str, path: str) -> KeyRecord:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized(
+                "You didn't provide an API key: send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+            )
+        record = self._store.find(key.strip())
+        if record is None:
+            raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
+        if record.revoked:
+            raise Unauthorized("This API key has been revoked.", code="revoked_api_key")
+        scope = SCOPE.get(path)
+        if scope and scope not in record.scopes and "admin" not in record.scopes:
+            raise Forbidden(
+                f"This API key lacks the `{scope}` scope for {path}.", code="insufficient_scope"
+            )
+        return record
+
+
+def key_of(request: Request[Any, Any, Any]) -> KeyRecord | None:
+    return getattr(request.state, "key", None)

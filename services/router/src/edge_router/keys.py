@@ -1,0 +1,134 @@
+"""API keys: a JSON file of hashed keys with their rights, and the `edge-keys` CLI.
+
+A key is `sk-edge-` + 32 random bytes (URL-safe base64); only its SHA-256 is stored, with a
+name, scopes, local-only flag and priority. A key is shown once, when created. The router
+rereads the file when it changes, so `edge-keys revoke` takes effect without a restart.
+
+    edge-keys --file keys.json create NAME [--scope chat ...] [--local-only] [--priority N]
+    edge-keys --file keys.json list
+    edge-keys --file keys.json revoke NAME
+"""
+
+import argparse
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Scope = Literal["chat", "embeddings", "vision", "rag:read", "rag:write", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("chat", "embeddings", "vision", "rag:read", "rag:write", "admin")
+PREFIX = "sk-edge-"
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    sha256: str
+    scopes: list[Scope] = msgspec.field(default_factory=lambda: ["chat"])
+    local_only: bool = False
+    """Requests with this key never go to the cloud."""
+    priority: int = 0
+    """Queue priority of this key's requests (higher is served sooner)."""
+    revoked: bool = False
+    created: float = 0.0
+
+
+_records = msgspec.json.Decoder(list[KeyRecord])
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    """The keys file, reread whenever its modification time changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._records: list[KeyRecord] = []
+
+    def records(self) -> list[KeyRecord]:
+        try:
+            stamp = self._path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if stamp != self._stamp:
+            self._records = (
+                _records.decode(self._path.read_bytes()) if self._path.stat().st_size else []
+            )
+            self._stamp = stamp
+        return self._records
+
+    def find(self, key: str) -> KeyRecord | None:
+        """The record of `key`, compared in constant time against every stored hash."""
+        presented = digest(key)
+        found = None
+        for record in self.records():
+            if hmac.compare_digest(record.sha256, presented):
+                found = record
+        return found
+
+    def save(self, records: list[KeyRecord]) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(records)))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self._path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-keys", description="Manage the router's API keys")
+    parser.add_argument("--file", default=os.environ.get("EDGE_ROUTER_KEYS_FILE", "keys.json"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("name")
+    create.add_argument("--scope", action="append", choices=ALL_SCOPES, dest="scopes")
+    create.add_argument("--local-only", action="store_true")
+    create.add_argument("--priority", type=int, default=0)
+    commands.add_parser("list", help="list keys (names and rights, never the keys)")
+    revoke = commands.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    args = parser.parse_args(argv)
+    store = KeyStore(Path(args.file))
+    records = store.records()
+    match args.command:
+        case "create":
+            if any(r.name == args.name for r in records):
+                sys.exit(f"edge-keys: a key named {args.name!r} exists")
+            key = PREFIX + secrets.token_urlsafe(32)
+            record = KeyRecord(
+                name=args.name,
+                sha256=digest(key),
+                scopes=args.scopes or ["chat"],
+                local_only=args.local_only,
+                priority=args.priority,
+                created=time.time(),
+            )
+            store.save([*records, record])
+            print(key)
+        case "list":
+            for r in records:
+                state = "revoked" if r.revoked else "active"
+                print(
+                    f"{r.name}\t{state}\t{','.join(r.scopes)}\tlocal_only={r.local_only}"
+                    f"\tpriority={r.priority}"
+                )
+        case "revoke":
+            if not any(r.name == args.name for r in records):
+                sys.exit(f"edge-keys: no key named {args.name!r}")
+            store.save(
+                [
+                    msgspec.structs.replace(r, revoked=True) if r.name == args.name else r
+                    for r in records
+                ]
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""API keys: the edge-keys CLI, and a router with a keys file in front of a fake cloud."""
+
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from edge_router.keys import main as keys_cli
+from fake_openai import FakeOpenAI
+
+HARD = "Think step by step and analyse the trade-offs of microservices."
+
+
+def make_key(file: Path, name: str, *args: str) -> str:
+    """`edge-keys create`: the key it prints (once)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert keys_cli(["--file", str(file), "create", name, *args]) == 0
+    return out.getvalue().strip()
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("keys")) / "keys.json"
+
+
+@pytest.fixture(scope="module")
+async def cloud() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(keys_file: Path) -> dict[str, str]:
+    """Keys made with the CLI before the router starts: chat, embeddings-only, local-only."""
+    made = {
+        "app": make_key(keys_file, "app"),
+        "embedder": make_key(keys_file, "embedder", "--scope", "embeddings"),
+        "private": make_key(keys_file, "private", "--local-only", "--priority", "5"),
+        "old": make_key(keys_file, "old"),
+    }
+    assert keys_cli(["--file", str(keys_file), "revoke", "old"]) == 0
+    return made
+
+
+@pytest.fixture(scope="module")
+def router(router_with, keys, keys_file: Path, cloud: FakeOpenAI) -> str:
+    upstream = {"name": "cloud", "base_url": cloud.url, "models": ["gpt-x"]}
+    return router_with(
+        EDGE_ROUTER_KEYS_FILE=str(keys_file), EDGE_ROUTER_UPSTREAMS=json.dumps([upstream])
+    )
+
+
+@pytest.fixture
+async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=router, timeout=60) as client:
+        yield client
+
+
+def chat(model: str, content: str = "Hi", **extra: object) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 2,
+        **extra,
+    }
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_file_holds_hashes_and_list_shows_no_keys(keys, keys_file: Path, capsys) -> None:
+    """Only SHA-256 hashes are stored; `list` shows names and rights, never a key."""
+    stored = keys_file.read_text()
+    assert all(key.startswith("sk-edge-") and key not in stored for key in keys.values())
+    assert keys_cli(["--file", str(keys_file), "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "old\trevoked" in listing
+    assert "private\tactive\tchat\tlocal_only=True\tpriority=5" in listing
+    assert not any(key in listing for key in keys.values())
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_api_key"),
+        ({"authorization": "Basic abc"}, "missing_api_key"),
+        (bearer("sk-edge-not-a-key"), "invalid_api_key"),
+    ],
+    ids=["none", "not-bearer", "unknown"],
+)
+async def test_bad_keys_are_401(http: httpx.AsyncClient, model: str, headers, code: str) -> None:
+    """No key, the wrong scheme or an unknown key: 401 in OpenAI's shape, WWW-Authenticate."""
+    response = await http.post("/v1/chat/completions", json=chat(model), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == code
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_revoked_key_is_401_and_wrong_scope_403(http, keys, model: str) -> None:
+    """A revoked key is refused (401); a key without the chat scope is forbidden (403)."""
+    revoked = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(keys["old"]))
+    assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "revoked_api_key")
+    scoped = await http.post(
+        "/v1/chat/completions", json=chat(model), headers=bearer(keys["embedder"])
+    )
+    assert (scoped.status_code, scoped.json()["error"]["code"]) == (403, "insufficient_scope")
+
+
+async def test_open_endpoints_and_a_good_key(http: httpx.AsyncClient, keys, model: str) -> None:
+    """/health and /metrics need no key and /health says auth is on; a valid key is served."""
+    health = await http.get("/health")
+    assert (health.status_code, health.json()["auth"]) == (200, "on")
+    assert (await http.get("/metrics")).status_code == 200
+    ok = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(keys["app"]))
+    assert ok.status_code == 200
+
+
+async def test_local_only_key_never_reaches_the_cloud(http, keys, cloud: FakeOpenAI) -> None:
+    """A local-only key keeps hard prompts local and is refused cloud models."""
+    private = bearer(keys["private"])
+    auto = await http.post("/v1/chat/completions", json=chat("auto", HARD), headers=private)
+    assert auto.headers["x-edge-route"] == "local"
+    assert "but request is local-only" in auto.headers["x-edge-route-reason"]
+    pinned = await http.post("/v1/chat/completions", json=chat("gpt-x"), headers=private)
+    assert (pinned.status_code, pinned.json()["error"]["code"]) == (403, "local_only")
+    public = await http.post(
+        "/v1/chat/completions", json=chat("auto", HARD), headers=bearer(keys["app"])
+    )
+    assert public.headers["x-edge-route"] == "cloud"
+    assert len(cloud.received) == 1  # only the public key's request
+
+
+async def test_revocation_applies_without_restart(http, keys_file: Path, model: str) -> None:
+    """A key revoked with the CLI is refused on the next request."""
+    key = make_key(keys_file, "temp")
+    assert (
+        await http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
+    ).status_code == 200
+    keys_cli(["--file", str(keys_file), "revoke", "temp"])
+    again = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
+    assert (again.status_code, again.json()["error"]["code"]) == (401, "revoked_api_key")
