@@ -55,13 +55,12 @@ class KeyStore:
 
     def records(self) -> list[KeyRecord]:
         try:
-            stamp = self._path.stat().st_mtime_ns
+            st = self._path.stat()
         except FileNotFoundError:
             return []
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)  # saves replace the file: new inode
         if stamp != self._stamp:
-            self._records = (
-                _records.decode(self._path.read_bytes()) if self._path.stat().st_size else []
-            )
+            self._records = _records.decode(self._path.read_bytes()) if st.st_size else []
             self._stamp = stamp
         return self._records
 
