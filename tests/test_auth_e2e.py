@@ -43,6 +43,8 @@ def keys(keys_file: Path) -> dict[str, str]:
         "embedder": make_key(keys_file, "embedder", "--scope", "embeddings"),
         "private": make_key(keys_file, "private", "--local-only", "--priority", "5"),
         "old": make_key(keys_file, "old"),
+        "metered": make_key(keys_file, "metered", "--rpm", "2"),
+        "single": make_key(keys_file, "single", "--parallel", "1"),
     }
     assert keys_cli(["--file", str(keys_file), "revoke", "old"]) == 0
     return made
@@ -146,3 +148,35 @@ async def test_revocation_applies_without_restart(http, keys_file: Path, model: 
     keys_cli(["--file", str(keys_file), "revoke", "temp"])
     again = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
     assert (again.status_code, again.json()["error"]["code"]) == (401, "revoked_api_key")
+
+
+async def test_rate_limits_with_openai_headers(http: httpx.AsyncClient, keys, model: str) -> None:
+    """rpm=2: both answers carry x-ratelimit-* headers; the third is 429 with Retry-After."""
+    metered = bearer(keys["metered"])
+    remaining = []
+    for _ in range(2):
+        ok = await http.post("/v1/chat/completions", json=chat(model), headers=metered)
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+        remaining.append(ok.headers["x-ratelimit-remaining-requests"])
+    assert remaining == ["1", "0"]
+    refused = await http.post("/v1/chat/completions", json=chat(model), headers=metered)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_requests")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_parallel_limit_counts_open_streams(
+    http: httpx.AsyncClient, keys, model: str
+) -> None:
+    """max_parallel=1: while one stream is open a second request is 429; after it, fine."""
+    single = bearer(keys["single"])
+    body = chat(model, "Write a long story.", stream=True)
+    body["max_tokens"] = 8
+    async with http.stream("POST", "/v1/chat/completions", json=body, headers=single) as stream:
+        assert stream.status_code == 200
+        second = await http.post("/v1/chat/completions", json=chat(model), headers=single)
+        assert (second.status_code, second.json()["error"]["code"]) == (429, "rate_limit_parallel")
+        await stream.aread()
+    after = await http.post("/v1/chat/completions", json=chat(model), headers=single)
+    assert after.status_code == 200

@@ -20,12 +20,15 @@ from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, ClientGone, InvalidRequest
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
+from edge_router.ratelimit import RateLimits
 from edge_router.request_id import request_id_of
 from edge_router.settings import PolicySettings, RouterSettings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 LOCAL_ONLY_HEADER = "x-edge-local-only"
+COMPLETION_ESTIMATE = 256
+"""Tokens a request that names no max_tokens is assumed to use, for tokens-per-minute."""
 
 
 async def _sse(payloads: AsyncIterator[bytes], seen: Observation) -> AsyncIterator[bytes]:
@@ -104,13 +107,19 @@ def _route_headers(routed: Routed) -> dict[str, str]:
 async def chat_completions(
     data: p.ChatCompletionRequest,
     chat: ChatService,
+    limits: RateLimits,
     settings: RouterSettings,
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     raw = await request.json()
     caller = caller_of(request, settings)
     seen = Observation(data.model)
+    limit_headers: dict[str, str] = {}
     try:
+        if (key := key_of(request)) and (key.rpm or key.tpm or key.max_parallel):
+            budget = data.max_completion_tokens or data.max_tokens or COMPLETION_ESTIMATE
+            ticket = limits.admit(key, policy.features_of(data).prompt_tokens + budget)
+            seen.on_done, limit_headers = ticket.finish, ticket.headers
         routed = await unless_gone(
             request,
             chat.handle(data, raw, request_id_of(request.scope), caller, seen.counted),
@@ -121,7 +130,7 @@ async def chat_completions(
     d = routed.decision
     seen.routed(d.target, d.model)
     log.info("router.routed", route=d.target, model=d.model, reasons=d.reasons)
-    headers = _route_headers(routed)
+    headers = _route_headers(routed) | limit_headers
     if isinstance(routed.body, bytes):
         seen.payload(routed.body)
         seen.done(200)

@@ -23,10 +23,11 @@ from edge_router.keys import KeyStore
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import LiveState
+from edge_router.ratelimit import RateLimits
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
 
-PROVIDED = ("chat", "catalog", "admission", "cloud")
+PROVIDED = ("chat", "catalog", "admission", "cloud", "limits")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -48,6 +49,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             REGISTRY.register(live)
             stack.callback(REGISTRY.unregister, live)
             app.state.update(
+                limits=RateLimits(),
                 nc=nc,
                 cloud=cloud,
                 catalog=catalog,

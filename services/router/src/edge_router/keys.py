@@ -5,6 +5,7 @@ name, scopes, local-only flag and priority. A key is shown once, when created. T
 rereads the file when it changes, so `edge-keys revoke` takes effect without a restart.
 
     edge-keys --file keys.json create NAME [--scope chat ...] [--local-only] [--priority N]
+                                           [--rpm N] [--tpm N] [--parallel N]
     edge-keys --file keys.json list
     edge-keys --file keys.json revoke NAME
 """
@@ -34,6 +35,12 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Requests with this key never go to the cloud."""
     priority: int = 0
     """Queue priority of this key's requests (higher is served sooner)."""
+    rpm: int = 0
+    """Requests per minute; 0 = unlimited."""
+    tpm: int = 0
+    """Tokens (prompt + completion) per minute; 0 = unlimited."""
+    max_parallel: int = 0
+    """Requests at once; 0 = unlimited."""
     revoked: bool = False
     created: float = 0.0
 
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--scope", action="append", choices=ALL_SCOPES, dest="scopes")
     create.add_argument("--local-only", action="store_true")
     create.add_argument("--priority", type=int, default=0)
+    create.add_argument("--rpm", type=int, default=0, help="requests per minute (0: no limit)")
+    create.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: no limit)")
+    create.add_argument("--parallel", type=int, default=0, help="requests at once (0: no limit)")
     commands.add_parser("list", help="list keys (names and rights, never the keys)")
     revoke = commands.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
@@ -106,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 scopes=args.scopes or ["chat"],
                 local_only=args.local_only,
                 priority=args.priority,
+                rpm=args.rpm,
+                tpm=args.tpm,
+                max_parallel=args.parallel,
                 created=time.time(),
             )
             store.save([*records, record])

@@ -6,7 +6,7 @@ request; state (queue, NPU temperature, cloud breakers and retries) is read at s
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -40,6 +40,8 @@ class Observation:
     """One chat request, from arrival to its last byte."""
 
     def __init__(self, model: str) -> None:
+        self.on_done: Callable[[int | None], None] | None = None
+        """Told the tokens used when the request ends (rate-limit settlement)."""
         self.started = time.perf_counter()
         self.route, self.model = "none", model
         self.ttft_s: float | None = None
@@ -67,6 +69,8 @@ class Observation:
         if self.usage:
             TOKENS.labels(self.route, "prompt").inc(self.usage.prompt_tokens)
             TOKENS.labels(self.route, "completion").inc(self.usage.completion_tokens)
+        if self.on_done:
+            self.on_done(self.usage.total_tokens if self.usage else None)
         log.info(
             "request.completed",
             route=self.route,
