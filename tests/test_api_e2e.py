@@ -133,3 +133,61 @@ def test_request_id_echoed_only_when_safe(http: httpx.Client, sent: str, echoed:
     assert (got == sent) is echoed
     assert len(got) <= 64
     assert got.replace("-", "").replace("_", "").isalnum()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "x"}] * 513},
+            400,
+            "messages",
+            "too_many_messages",
+        ),
+        ({"max_tokens": 100_000}, 400, "max_tokens", "invalid_value"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + "A" * 28_000_000},
+                            }
+                        ],
+                    }
+                ]
+            },
+            413,  # beyond the 8 MB body limit before we even read it
+            None,
+            None,
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + "A" * 7_500_000},
+                            }
+                        ],
+                    }
+                ]
+            },
+            400,  # ~5.4 MB of image: the body fits, the image does not
+            "messages[0].content[0].image_url",
+            "image_too_large",
+        ),
+    ],
+    ids=["too-many-messages", "max-tokens", "huge-body", "large-image"],
+)
+def test_input_limits(http: httpx.Client, model: str, body: dict, status: int, param, code) -> None:
+    """Requests beyond the input limits get a 4xx in OpenAI's shape, never a 5xx."""
+    full = {"model": model, "messages": [{"role": "user", "content": "x"}], **body}
+    response = http.post("/v1/chat/completions", json=full)
+    assert response.status_code == status
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (param, code)

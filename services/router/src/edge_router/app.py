@@ -62,6 +62,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                     settings.policy,
                     Path(settings.sysfs_root),
                     settings.local_only,
+                    settings.limits,
                 ),
             )
             yield
@@ -80,6 +81,7 @@ def create_app(settings: RouterSettings) -> Litestar:
     return Litestar(
         [chat_completions, explain_route, list_models, health, metrics],
         before_request=auth,
+        request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware()],
         dependencies={

@@ -22,7 +22,7 @@ from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, BadGateway, InvalidRequest, Unavailable
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
-from edge_router.settings import PolicySettings
+from edge_router.settings import InputLimits, PolicySettings
 
 log = structlog.get_logger(__name__)
 _json = msgspec.json.Encoder()
@@ -81,8 +81,32 @@ def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
     return out
 
 
-def check(request: p.ChatCompletionRequest) -> None:
+DEFAULT_LIMITS = InputLimits()
+
+
+def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS) -> None:
     """What no target accepts, whatever the route."""
+    if len(request.messages) > limits.max_messages:
+        raise InvalidRequest(
+            f"At most {limits.max_messages} messages are accepted.",
+            param="messages",
+            code="too_many_messages",
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        if (value := getattr(request, name)) and value > limits.max_tokens:
+            raise InvalidRequest(
+                f"{name} is at most {limits.max_tokens}.", param=name, code="invalid_value"
+            )
+    for i, message in enumerate(request.messages):
+        if isinstance(message, p.UserMessage) and not isinstance(message.content, str):
+            for j, part in enumerate(message.content):
+                url = part.image_url.url if isinstance(part, p.ImagePart) else ""
+                if url.startswith("data:") and len(url) * 3 / 4 > limits.max_image_mb * 2**20:
+                    raise InvalidRequest(
+                        f"Images are at most {limits.max_image_mb:g} MB.",
+                        param=f"messages[{i}].content[{j}].image_url",
+                        code="image_too_large",
+                    )
     if request.n != 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
     both = request.max_tokens and request.max_completion_tokens
@@ -165,6 +189,7 @@ class ChatService:
         policy_settings: PolicySettings,
         sysfs_root: Path,
         local_only: bool,
+        limits: InputLimits,
     ) -> None:
         self._llm = llm
         self._cloud = cloud
@@ -173,6 +198,7 @@ class ChatService:
         self._policy = policy_settings
         self._sysfs_root = sysfs_root
         self._local_only = local_only
+        self._limits = limits
 
     async def state(self, model: str, caller: Caller) -> policy.State:
         known = model in policy.ALIASES or model in self._catalog.cards
@@ -219,7 +245,7 @@ class ChatService:
         on_usage: UsageSink = _ignore,
     ) -> Routed:
         """Route and run; `on_usage` hears the token counts of local generations."""
-        check(request)
+        check(request, self._limits)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         decision = policy.decide(request.model, features, state, self._policy)

@@ -69,6 +69,19 @@ class PolicySettings(msgspec.Struct, frozen=True, kw_only=True):
     """Estimated local queue wait from which new requests prefer the cloud."""
 
 
+class InputLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Bounds on what one request may ask; beyond them a 4xx names the field."""
+
+    max_body_mb: float = 8.0
+    """Largest request body (413 beyond)."""
+    max_messages: int = 512
+    """Most messages in one chat request."""
+    max_tokens: int = 32768
+    """Largest max_tokens / max_completion_tokens accepted."""
+    max_image_mb: float = 5.0
+    """Largest inline (data: URL) image; keep it below max_body_mb (base64 adds a third)."""
+
+
 class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server(s) to join, comma separated."""
@@ -92,6 +105,8 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Routing thresholds as a JSON object (see PolicySettings)."""
     local_only: bool = False
     """Never send anything to the cloud, whatever the request."""
+    limits: InputLimits = InputLimits()
+    """Input limits as a JSON object (see InputLimits)."""
     keys_file: str = ""
     """API keys file (see `edge-keys`); empty = no authentication (a laptop)."""
     protect_metrics: bool = False
