@@ -17,7 +17,7 @@ from edge_router.admission import Admission
 from edge_router.auth import key_of
 from edge_router.chat import Caller, ChatService, Routed
 from edge_router.cloud import CloudClient
-from edge_router.errors import ApiError, ClientGone, InvalidRequest
+from edge_router.errors import ERROR_RESPONSES, ApiError, ClientGone, InvalidRequest
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
 from edge_router.ratelimit import RateLimits
@@ -103,7 +103,7 @@ def _route_headers(routed: Routed) -> dict[str, str]:
     }
 
 
-@post("/v1/chat/completions", status_code=200)
+@post("/v1/chat/completions", status_code=200, responses=ERROR_RESPONSES)
 async def chat_completions(
     data: p.ChatCompletionRequest,
     chat: ChatService,
@@ -142,7 +142,7 @@ async def chat_completions(
     )
 
 
-@post("/v1/route/explain", status_code=200)
+@post("/v1/route/explain", status_code=200, responses=ERROR_RESPONSES)
 async def explain_route(
     data: p.ChatCompletionRequest,
     chat: ChatService,
@@ -153,7 +153,7 @@ async def explain_route(
     return await chat.explain(data, caller_of(request, settings))
 
 
-@get("/v1/models")
+@get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
     aliases = [p.ModelObject(id=a, created=0, owned_by="edge", route=a) for a in policy.ALIASES]
     local = [
@@ -167,7 +167,7 @@ async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
     return p.ModelList(data=[*aliases, *local, *remote])
 
 
-@get("/health")
+@get("/health", responses=ERROR_RESPONSES)
 async def health(
     catalog: LocalCatalog,
     admission: Admission,

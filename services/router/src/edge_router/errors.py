@@ -20,6 +20,7 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 log = structlog.get_logger(__name__)
@@ -203,4 +204,21 @@ exception_handlers = {
     ClientException: handle_client,
     HTTPException: handle_http,
     Exception: handle_unexpected,
+}
+
+
+# What the OpenAPI document says errors look like: our shape, for every status we send.
+ERROR_RESPONSES = {
+    status: ResponseSpec(data_container=ErrorBody, description=description)
+    for status, description in {
+        400: "Invalid request (OpenAI error shape; param names the field)",
+        401: "Missing, unknown or revoked API key",
+        403: "API key lacks the scope, or the request is local-only",
+        404: "Unknown model or path",
+        413: "Request body too large",
+        429: "Queue full, deadline too short, or rate limit reached (see Retry-After)",
+        500: "Server error",
+        502: "Cloud upstream failure",
+        503: "No service can take the request now (see Retry-After)",
+    }.items()
 }
