@@ -90,6 +90,12 @@ class _View:
             self.live[entry.key] = (entry.revision, _holder.decode(entry.value))
             self.tombstones.pop(entry.key, None)
 
+    def line(self) -> list[tuple[int, str, Holder]]:
+        """The waiting tickets, first in line first: ordered by their first revision."""
+        return sorted(
+            (h.order or rev, key, h) for key, (rev, h) in self.live.items() if ".wait." in key
+        )
+
     def last_revision(self, key: str) -> int:
         """What a CAS on `key` must name: its live or tombstone revision, 0 if never written."""
         if key in self.live:
@@ -169,14 +175,8 @@ class NpuLease:
             for key, (_, h) in sorted(self._view.live.items())
             if ".lease." in key
         ]
-        line = sorted(
-            (h.order or rev, h.owner)
-            for key, (rev, h) in self._view.live.items()
-            if ".wait." in key
-        )
-        return LeaseStatus(
-            board=self.board, slots=self.slots, held=held, waiting=[owner for _, owner in line]
-        )
+        waiting = [h.owner for _, _, h in self._view.line()]
+        return LeaseStatus(board=self.board, slots=self.slots, held=held, waiting=waiting)
 
     @contextlib.asynccontextmanager
     async def hold(self, model: str) -> AsyncIterator["Held"]:
@@ -250,9 +250,8 @@ class NpuLease:
         """1 + a free slot index if `ticket` is within the first (free slots) waiters, else 0."""
         live = self._view.live
         free = [s for s in range(self.slots) if f"{self.board}.lease.{s}" not in live]
-        line = {key: h.order or rev for key, (rev, h) in live.items() if ".wait." in key}
-        line[ticket] = order  # our own create may not have been watched yet
-        place = sorted(line, key=line.__getitem__).index(ticket)
+        # tickets ahead of ours (our own create may not have been watched yet: use `order`)
+        place = sum(1 for first, key, _ in self._view.line() if key != ticket and first < order)
         return free[place] + 1 if place < len(free) else 0
 
     async def _delete(self, key: str, last: int) -> None:

@@ -77,13 +77,7 @@ def create_app(settings: LlmSettings) -> Litestar:
             if settings.keep_alive_s > 0:
                 unloader = asyncio.create_task(_unload_idle(server, settings.keep_alive_s))
                 stack.callback(unloader.cancel)
-            live = LiveState(
-                lambda: (
-                    server.stats().queued,
-                    server.stats().busy,
-                    len(residency.status().resident),
-                )
-            )
+            live = LiveState(server)
             REGISTRY.register(live)
             stack.callback(REGISTRY.unregister, live)
             app.state.update(server=server, cards=cards, lease=lease)

@@ -1,10 +1,14 @@
 """The llm worker's Prometheus metrics."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from edge_llm.server import LlmServer
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30)
 
@@ -17,11 +21,14 @@ SWITCH = Histogram("edge_llm_model_switch_seconds", "Model loads with evictions"
 class LiveState(Collector):
     """Queue and residency, read at scrape time."""
 
-    def __init__(self, read: Callable[[], tuple[int, bool, int]]) -> None:
-        self._read = read
+    def __init__(self, server: "LlmServer") -> None:
+        self._server = server
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        queued, busy, resident = self._read()
-        yield GaugeMetricFamily("edge_llm_queued", "Requests accepted, not yet generating", queued)
-        yield GaugeMetricFamily("edge_llm_busy", "1 while generating", float(busy))
+        stats = self._server.stats()
+        resident = len(self._server.residency.resident())
+        yield GaugeMetricFamily(
+            "edge_llm_queued", "Requests accepted, not yet generating", stats.queued
+        )
+        yield GaugeMetricFamily("edge_llm_busy", "1 while generating", float(stats.busy))
         yield GaugeMetricFamily("edge_llm_resident_models", "Models loaded", resident)

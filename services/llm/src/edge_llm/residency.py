@@ -121,9 +121,13 @@ class Residency:
         self.evictions += why == "evicted"
         log.info("llm.model_unloaded", model=model, reason=why)
 
+    def resident(self) -> list[str]:
+        """Loaded models, least recently used first."""
+        return list(self._lru)
+
     def status(self) -> ResidencyStatus:
         return ResidencyStatus(
-            resident=list(self._lru),
+            resident=self.resident(),
             pinned=self.pinned,
             used_mb=self.used_mb(),
             budget_mb=self.budget_mb(),

@@ -166,11 +166,9 @@ class LlmServer:
             self.residency.unload_idle(keep_alive_s)
 
     def micro_stats(self, _: object) -> dict[str, object]:
-        """What the router reads from this instance's STATS (per endpoint `data`)."""
-        stats, residency = self.stats(), self.residency.status()
+        """What the router reads from this instance's STATS (per endpoint `data`): asked
+        every discovery round, so no I/O here."""
         return {
-            "queued": stats.queued,
-            "busy": stats.busy,
-            "resident": residency.resident,
-            "switch_s": residency.switch_s,
+            "resident": self.residency.resident(),
+            "switch_s": round(self.residency.switch_s, 3),
         }

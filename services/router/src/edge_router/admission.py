@@ -55,6 +55,10 @@ class Admission:
     def waiting(self) -> int:
         return sum(1 for *_, f in self._heap if not f.done())
 
+    @property
+    def full(self) -> bool:
+        return self.waiting >= self._depth
+
     def estimate_s(self, ahead: int | None = None) -> float:
         """Wait of a request with `ahead` requests queued before it (default: all of them)."""
         ahead = self.waiting if ahead is None else ahead
@@ -94,7 +98,7 @@ class Admission:
     async def _wait(self, priority: int, deadline_s: float | None) -> None:
         ahead = sum(1 for p, _, f in self._heap if p <= -priority and not f.done())
         estimate = self.estimate_s(ahead)
-        if self.waiting >= self._depth:
+        if self.full:
             self.rejected += 1
             raise RateLimited(
                 f"The local model's queue is full ({self._depth} waiting); "

@@ -118,7 +118,7 @@ async def chat_completions(
     try:
         if (key := key_of(request)) and (key.rpm or key.tpm or key.max_parallel):
             budget = data.max_completion_tokens or data.max_tokens or COMPLETION_ESTIMATE
-            ticket = limits.admit(key, policy.features_of(data).prompt_tokens + budget)
+            ticket = limits.admit(key, policy.prompt_tokens_estimate(data) + budget)
             seen.on_done, limit_headers = ticket.finish, ticket.headers
         routed = await unless_gone(
             request,
@@ -175,8 +175,7 @@ async def health(
     settings: RouterSettings,
     state: State,
 ) -> dict[str, Any]:
-    await catalog.refresh()
-    sysfs = Path(settings.sysfs_root)
+    sysfs = Path(settings.sysfs_root)  # the catalog is kept fresh in the background
     zone = npu_temperature(sysfs)
     temp = zone.celsius if zone else None
     return {

@@ -210,7 +210,7 @@ class ChatService:
                 models=self._catalog.windows(),
                 queue_wait_s=self._admission.estimate_s(),
                 switch_s=self._catalog.switch_costs(),
-                queue_full=self._admission.waiting >= self._admission.status().depth,
+                queue_full=self._admission.full,
                 npu_temp_c=zone.celsius if zone else None,
             ),
             cloud=policy.Cloud(
@@ -307,7 +307,7 @@ class ChatService:
 
     async def _submit(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
         try:
-            _, events = await self._llm.stream_chat(request)
+            events = await self._llm.stream_chat(request)
         except Unavailable:
             self._catalog.mark_down()
             raise

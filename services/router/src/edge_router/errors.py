@@ -181,13 +181,21 @@ def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Resp
     return handle_http(request, exc)
 
 
+class HttpError(ApiError):
+    """Litestar's own HTTP errors (405, 413, ...), in our shape with their status."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status  # type: ignore[misc]
+
+
 def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    cls = {404: NotFound, 400: InvalidRequest}.get(exc.status_code)
-    if cls is None:
-        cls = type(
-            "HttpError", (ApiError,), {"status": exc.status_code, "type": "invalid_request_error"}
-        )
-    return _response(cls(exc.detail, headers=dict(exc.headers or {})))
+    headers = dict(exc.headers or {})
+    if cls := {404: NotFound, 400: InvalidRequest}.get(exc.status_code):
+        return _response(cls(exc.detail, headers=headers))
+    return _response(HttpError(exc.status_code, exc.detail, headers))
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:

@@ -52,9 +52,7 @@ class LlmClient:
         self._accept_timeout = accept_timeout
         self._idle_timeout = idle_timeout
 
-    async def stream_chat(
-        self, request: wire.ChatRequest
-    ) -> tuple[wire.Accepted, AsyncIterator[wire.Delta | wire.Done]]:
+    async def stream_chat(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
         """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
@@ -82,7 +80,8 @@ class LlmClient:
                 reply.headers.get(ERROR_HEADER, ""),
                 request.request_id,
             )
-        return wire.decode_accepted(reply.data), self._events(request.request_id, sub)
+        wire.decode_accepted(reply.data)  # a worker that answers otherwise is not one of ours
+        return self._events(request.request_id, sub)
 
     async def _events(self, request_id: str, sub) -> AsyncIterator[wire.Delta | wire.Done]:
         finished = False

@@ -131,8 +131,18 @@ def _scan_window(texts: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _estimate(texts: list[str]) -> int:
+    """Characters / 4, plus a few tokens of chat framing per message."""
+    return (sum(map(len, texts)) + len(texts) - 1) // 4 + 4 * len(texts)
+
+
+def prompt_tokens_estimate(request: p.ChatCompletionRequest) -> int:
+    return _estimate([_text(m) for m in request.messages])
+
+
 def features_of(request: p.ChatCompletionRequest) -> Features:
-    text = "\n".join(_text(m) for m in request.messages)
+    texts = [_text(m) for m in request.messages]
+    text = "\n".join(texts)
     user_text = _scan_window(
         [_text(m) for m in request.messages if isinstance(m, p.UserMessage)]
     ).lower()
@@ -144,7 +154,7 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
     )
     schema = request.response_format or {}
     return Features(
-        prompt_tokens=len(text) // 4 + 4 * len(request.messages),
+        prompt_tokens=_estimate(texts),
         turns=sum(1 for m in request.messages if isinstance(m, p.UserMessage)),
         code=bool(_CODE.search(user_text)),
         code_request=bool(_CODE_REQUEST.search(user_text)),
