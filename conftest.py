@@ -8,29 +8,54 @@ starts them; their logs go to files that tests can read.
 import json
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from edge_common.stack import Proc, free_port, start_nats, start_service
+from edge_common.bus import credentials
+from edge_common.stack import Proc, free_port, nats_passwords, start_nats, start_service
 
 
 @dataclass
 class Nats:
     url: str
+    passwords: dict[str, str]
     proc: Proc
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a service needs to join this bus: its URL and the services' passwords."""
+        return {"EDGE_NATS_URL": self.url, **self.passwords}
+
+    def creds(self, user: str) -> dict[str, Any]:
+        """nats.connect options to join as `user` (router, llm or ops), as services do."""
+        return credentials(user, self.passwords[f"EDGE_{user.upper()}_NATS_PASSWORD"])
+
+
+@contextmanager
+def running_nats(root: Path) -> Iterator[Nats]:
+    """A nats-server configured as in production (nats.conf, fresh passwords) in `root`."""
+    port, passwords = free_port(), nats_passwords({})
+    with (root / "nats.log").open("wb") as log:
+        proc = start_nats(port, free_port(), root / "store", passwords, log)
+    try:
+        yield Nats(url=f"nats://127.0.0.1:{port}", passwords=passwords, proc=proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def new_nats() -> Callable[[Path], AbstractContextManager[Nats]]:
+    """Start another nats-server (for tests that stop it or need a bus of their own)."""
+    return running_nats
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nats]:
-    root = tmp_path_factory.mktemp("nats")
-    port = free_port()
-    with (root / "nats.log").open("wb") as log:
-        proc = start_nats(port, free_port(), root / "store", output=log)
-        try:
-            yield Nats(url=f"nats://127.0.0.1:{port}", proc=proc)
-        finally:
-            proc.stop()
+    with running_nats(tmp_path_factory.mktemp("nats")) as nats:
+        yield nats
 
 
 @dataclass
@@ -80,7 +105,7 @@ def thermal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Stack:
     router: Service
     llm: Service
-    nats_url: str
+    nats: Nats
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +113,12 @@ def stack(
     nats_server: Nats, thermal_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    env = {"EDGE_NATS_URL": nats_server.url, "EDGE_ROUTER_SYSFS_ROOT": str(thermal_root)}
+    env = {**nats_server.env, "EDGE_ROUTER_SYSFS_ROOT": str(thermal_root)}
     llm = start("llm", root, env)
     try:
         router = start("router", root, env)
         try:
-            yield Stack(router=router, llm=llm, nats_url=nats_server.url)
+            yield Stack(router=router, llm=llm, nats=nats_server)
         finally:
             router.proc.stop()
     finally:
@@ -110,7 +135,7 @@ def router_with(
 
     def make(**env: str) -> str:
         root = tmp_path_factory.mktemp("router")
-        started.append(start("router", root, {"EDGE_NATS_URL": stack.nats_url, **env}))
+        started.append(start("router", root, {**stack.nats.env, **env}))
         return started[-1].url
 
     yield make

@@ -10,6 +10,7 @@ frees the slot then. Prints p50 and max of both and their ratio.
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import sys
@@ -17,14 +18,16 @@ import time
 
 import httpx
 import nats
+from edge_common.bus import credentials
 from edge_common.npu_lease import NpuLease, default_board
 from edge_common.stack import LocalStack
 
 HOLDER = """
-import asyncio, sys, nats
+import asyncio, os, sys, nats
+from edge_common.bus import credentials
 from edge_common.npu_lease import NpuLease
 async def main():
-    nc = await nats.connect(sys.argv[1])
+    nc = await nats.connect(sys.argv[1], **credentials("llm", os.environ["PASSWORD"]))
     lease = NpuLease(nc, board=sys.argv[2], owner="doomed")
     await lease.start()
     async with lease.hold("m"):
@@ -60,11 +63,13 @@ async def disconnects(url: str, lease: NpuLease, rounds: int) -> list[float]:
     return out
 
 
-async def crashes(nats_url: str, lease: NpuLease, kills: int) -> list[float]:
+async def crashes(nats_url: str, password: str, lease: NpuLease, kills: int) -> list[float]:
     out = []
     for _ in range(kills):
         argv = [sys.executable, "-c", HOLDER, nats_url, lease.board]
-        holder = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        holder = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PASSWORD": password}
+        )
         assert holder.stdout is not None
         await holder.stdout.readline()  # "held"
         killed = time.perf_counter()
@@ -74,12 +79,15 @@ async def crashes(nats_url: str, lease: NpuLease, kills: int) -> list[float]:
     return out
 
 
-async def measure(nats_url: str, router_url: str, rounds: int, kills: int) -> tuple:
-    nc = await nats.connect(nats_url)
+async def measure(stack: LocalStack, router_url: str, rounds: int, kills: int) -> tuple:
+    """Observer and holders connect as llm workers do: they share the llm service's lease."""
+    password = stack.passwords["EDGE_LLM_NATS_PASSWORD"]
+    nc = await nats.connect(stack.nats_url, **credentials("llm", password))
     lease = NpuLease(nc, board=default_board(), owner="bench-observer")
     await lease.start()
     try:
-        return await disconnects(router_url, lease, rounds), await crashes(nats_url, lease, kills)
+        hangups = await disconnects(router_url, lease, rounds)
+        return hangups, await crashes(stack.nats_url, password, lease, kills)
     finally:
         await lease.stop()
         await nc.close()
@@ -92,9 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     with LocalStack() as stack:
         url, _ = stack.router()
-        hangups, kills = asyncio.run(
-            measure(stack.env["EDGE_NATS_URL"], url, args.rounds, args.kills)
-        )
+        hangups, kills = asyncio.run(measure(stack, url, args.rounds, args.kills))
     print(f"\nNPU lease free again after ({args.rounds} disconnects, {args.kills} kills):\n")
     print(f"{'cause':<26}{'p50 ms':>10}{'max ms':>10}")
     for name, values in (("client disconnect", hangups), ("holder killed (TTL 5 s)", kills)):

@@ -28,7 +28,7 @@ async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def lease(stack) -> AsyncIterator[NpuLease]:
     """An observer of the board's lease, as the llm worker configures it."""
-    nc = await nats.connect(stack.nats_url)
+    nc = await nats.connect(stack.nats.url, **stack.nats.creds("llm"))
     observer = NpuLease(nc, board=default_board(), owner="observer")
     await observer.start()
     yield observer

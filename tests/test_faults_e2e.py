@@ -10,27 +10,20 @@ from pathlib import Path
 import httpx
 import pytest
 from edge_common import bus, wire
-from edge_common.stack import free_port, start_nats
 from nats.micro.request import Request
 from openai import APIError, AsyncOpenAI, InternalServerError
 
 
 @pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory, launch) -> Iterator[tuple[str, object]]:
+def bare(tmp_path_factory: pytest.TempPathFactory, launch, new_nats) -> Iterator[tuple]:
     """A nats-server and a router on it, with no llm service."""
     root: Path = tmp_path_factory.mktemp("bare")
-    port = free_port()
-    with (root / "nats.log").open("wb") as log:
-        nats = start_nats(port, free_port(), root / "store", output=log)
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        router = launch("router", root, {"EDGE_NATS_URL": url, "EDGE_ROUTER_ACCEPT_TIMEOUT_S": "2"})
+    with new_nats(root) as nats:
+        router = launch("router", root, {**nats.env, "EDGE_ROUTER_ACCEPT_TIMEOUT_S": "2"})
         try:
-            yield url, router
+            yield nats, router
         finally:
             router.proc.stop()
-    finally:
-        nats.stop()
 
 
 BODY = {"model": "flaky", "messages": [{"role": "user", "content": "hi"}]}
@@ -52,7 +45,7 @@ def test_no_llm_service_is_503_with_retry_after(bare, model: str) -> None:
 @pytest.fixture
 async def failing_worker(bare) -> AsyncIterator[list[int]]:
     """A stand-in llm worker: accepts, streams `deltas` tokens, then reports a failure."""
-    url, _ = bare
+    nats, _ = bare
     plan = [0]
 
     async def on_chat(req: Request) -> None:
@@ -65,7 +58,7 @@ async def failing_worker(bare) -> AsyncIterator[list[int]]:
 
     cards = [wire.ModelCard(id="flaky", context_length=2048)]
     async with (
-        bus.connect(url, "fake-llm") as nc,
+        bus.connect(nats.url, "llm", nats.passwords["EDGE_LLM_NATS_PASSWORD"]) as nc,
         bus.serve(
             nc,
             name="llm",

@@ -8,18 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edge_common.stack import free_port, start_nats
 from openai import APIError, AsyncOpenAI
 
 MODEL = "qwen-npu"
 
 
 @pytest.fixture(scope="module")
-def npu_stack(rkllm_files, launch, tmp_path_factory) -> Iterator[tuple[str, object]]:
+def npu_stack(rkllm_files, launch, new_nats, tmp_path_factory) -> Iterator[tuple[str, object]]:
     root = Path(tmp_path_factory.mktemp("npu"))
-    port = free_port()
-    with (root / "nats.log").open("wb") as log:
-        nats = start_nats(port, free_port(), root / "store", output=log)
     spec = {
         "backend": "rkllm",
         "id": MODEL,
@@ -29,15 +25,13 @@ def npu_stack(rkllm_files, launch, tmp_path_factory) -> Iterator[tuple[str, obje
         "library": str(rkllm_files["library"]),
         "context_length": 1024,
     }
-    env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{port}", "EDGE_LLM_MODELS": json.dumps([spec])}
-    try:
+    with new_nats(root) as nats:
+        env = {**nats.env, "EDGE_LLM_MODELS": json.dumps([spec])}
         worker = launch("llm", root, env)
         router = launch("router", root, env)
         yield router.url, worker
         router.proc.stop()
         worker.proc.stop()
-    finally:
-        nats.stop()
 
 
 @pytest.fixture

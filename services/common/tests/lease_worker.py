@@ -2,22 +2,25 @@
 
     python lease_worker.py NATS_URL BUCKET BOARD NAME ROUNDS HOLD_S
 
-Prints one JSON line per hold: {"name", "start", "end"} (unix times), or holds forever
+Joins NATS as `ops` (EDGE_OPS_NATS_PASSWORD). Prints one JSON line per hold:
+{"name", "start", "end"} (unix times), or holds forever
 after printing {"name", "held": true} when ROUNDS is 0.
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 
 import nats
+from edge_common.bus import credentials
 from edge_common.logs import configure_logging
 from edge_common.npu_lease import NpuLease
 
 
 async def main(url: str, bucket: str, board: str, name: str, rounds: int, hold_s: float) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **credentials("ops", os.environ["EDGE_OPS_NATS_PASSWORD"]))
     lease = NpuLease(nc, board=board, owner=name, ttl_s=1.0, bucket=bucket)
     await lease.start()
     if rounds == 0:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ async def make_lease(nats_server, board: str, bucket: str) -> AsyncIterator[Call
     made: list[tuple[NpuLease, nats.NATS]] = []
 
     async def make(owner: str, slots: int = 1) -> NpuLease:
-        nc = await nats.connect(nats_server.url)
+        nc = await nats.connect(nats_server.url, **nats_server.creds("ops"))
         lease = NpuLease(nc, board=board, owner=owner, slots=slots, ttl_s=TTL, bucket=bucket)
         await lease.start()
         made.append((lease, nc))
@@ -53,14 +54,16 @@ async def until(lease: NpuLease, check: Callable[[NpuLease], bool]) -> None:
         await lease.wait_until(lambda _: check(lease))
 
 
-def worker(nats_url: str, bucket: str, board: str, name: str, rounds: int, hold_s: float):
-    argv = [sys.executable, str(WORKER), nats_url, bucket, board, name, str(rounds), str(hold_s)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+def worker(nats_server, bucket: str, board: str, name: str, rounds: int, hold_s: float):
+    """A lease_worker process, on the bus as the operator (it uses a bucket of its own)."""
+    argv = [sys.executable, str(WORKER), nats_server.url, bucket, board, name, str(rounds)]
+    env = {**os.environ, **nats_server.passwords}
+    return subprocess.Popen([*argv, str(hold_s)], stdout=subprocess.PIPE, text=True, env=env)
 
 
 def test_two_processes_never_hold_together(nats_server, bucket: str, board: str) -> None:
     """Two processes taking the lease 15 times each: their hold intervals never overlap."""
-    procs = [worker(nats_server.url, bucket, board, n, 15, 0.01) for n in ("a", "b")]
+    procs = [worker(nats_server, bucket, board, n, 15, 0.01) for n in ("a", "b")]
     holds = []
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
@@ -75,7 +78,7 @@ def test_two_processes_never_hold_together(nats_server, bucket: str, board: str)
 
 async def test_killed_holder_loses_lease_within_ttl(nats_server, bucket, board, make_lease) -> None:
     """kill -9 of the holder: its lease expires within the TTL and the waiter proceeds."""
-    proc = worker(nats_server.url, bucket, board, "doomed", 0, 0)
+    proc = worker(nats_server, bucket, board, "doomed", 0, 0)
     try:
         line = await asyncio.to_thread(proc.stdout.readline)
         assert json.loads(line)["held"] is True

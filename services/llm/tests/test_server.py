@@ -17,8 +17,9 @@ from nats.micro.request import ERROR_CODE_HEADER
 
 @pytest.fixture
 async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
-    async with bus.connect(nats_server.url, "llm-test") as nc:
-        lease = NpuLease(nc, board="llm-unit", owner="llm-test", bucket="npu_llm_unit")
+    password = nats_server.passwords["EDGE_LLM_NATS_PASSWORD"]
+    async with bus.connect(nats_server.url, "llm", password) as nc:
+        lease = NpuLease(nc, board="llm-unit", owner="llm-test")
         await lease.start()
         residency = Residency({backend.card.id: backend}, pinned=backend.card.id)
         await residency.ensure(backend.card.id)
@@ -31,7 +32,7 @@ async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, L
             description="test",
             endpoints={wire.CHAT_SUBJECT: server.on_chat},
         ):
-            client = await nats.connect(nats_server.url)
+            client = await nats.connect(nats_server.url, **nats_server.creds("router"))
             yield client, server
             await client.drain()
         await sub.unsubscribe()

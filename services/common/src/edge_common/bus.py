@@ -5,6 +5,7 @@ one place that knows how to reach the bus.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,19 +21,33 @@ log = structlog.get_logger(__name__)
 
 
 class BusUnreachable(RuntimeError):
-    """NATS could not be reached at startup."""
+    """NATS could not be reached at startup, or refused the service's credentials."""
+
+
+def credentials(name: str, password: str) -> dict[str, Any]:
+    """nats.connect options for service `name`: its user (when it has a password) and its
+    own inbox prefix, the one nats.conf lets it subscribe to."""
+    auth = {"user": name, "password": password} if password else {}
+    return {"name": name, "inbox_prefix": f"_INBOX.{name}", **auth}
 
 
 @asynccontextmanager
-async def connect(url: str, name: str, first_connect_s: float = 30.0) -> AsyncIterator[Client]:
-    """A connection that, once up, reconnects forever; drained on exit.
+async def connect(
+    url: str, name: str, password: str = "", first_connect_s: float = 30.0
+) -> AsyncIterator[Client]:
+    """Service `name`'s connection: once up, it reconnects forever; drained on exit.
 
     The first connection must succeed within `first_connect_s`: a service that cannot reach
-    the bus at startup exits with a clear error for its supervisor to restart it.
+    the bus at startup (or is refused, e.g. a wrong password) exits with a clear error for
+    its supervisor to restart it.
     """
+
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=repr(exc))
+        if "authorization violation" in str(exc).lower() and not refused.done():
+            refused.set_result(exc)
 
     async def on_disconnect() -> None:
         log.warning("nats.disconnected")
@@ -40,19 +55,28 @@ async def connect(url: str, name: str, first_connect_s: float = 30.0) -> AsyncIt
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
-    try:
-        async with asyncio.timeout(first_connect_s):
-            nc = await nats.connect(
-                url,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            )
-    except TimeoutError:
-        raise BusUnreachable(f"NATS at {url} unreachable for {first_connect_s} s") from None
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            url,
+            **credentials(name, password),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+    )
+    await asyncio.wait(
+        [connecting, refused], timeout=first_connect_s, return_when="FIRST_COMPLETED"
+    )
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        if refused.done():
+            raise BusUnreachable(f"NATS at {url} refused {name}: {refused.result()}")
+        raise BusUnreachable(f"NATS at {url} unreachable for {first_connect_s} s")
+    nc = connecting.result()
     try:
         yield nc
     finally:

@@ -10,12 +10,13 @@ from pathlib import Path
 import msgspec
 
 from edge_common.board import inspect_board, render
-from edge_common.stack import Proc, StartError, start_nats, start_service
+from edge_common.stack import Proc, StartError, nats_passwords, start_nats, start_service
 
 READY = """
 edge-ai is up: http://{host}:{port}  (OpenAPI: http://{host}:{port}/schema)
   curl http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+NATS: nats://127.0.0.1:{nats_port}, operator user `ops`, password in {ops_password}
 Ctrl-C stops everything.
 """
 
@@ -23,10 +24,15 @@ Ctrl-C stops everything.
 def up(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    nats_url = f"nats://127.0.0.1:{args.nats_port}"
+    passwords = nats_passwords()  # fresh each start unless EDGE_*_NATS_PASSWORD are set
+    ops_password = run_dir / "nats-ops-password"
+    ops_password.unlink(missing_ok=True)
+    ops_password.touch(mode=0o600)
+    ops_password.write_text(passwords["EDGE_OPS_NATS_PASSWORD"] + "\n")
     env = {
-        "EDGE_NATS_URL": nats_url,
+        "EDGE_NATS_URL": f"nats://127.0.0.1:{args.nats_port}",
         **{k: v for k, v in os.environ.items() if k.startswith("EDGE_")},
+        **passwords,
     }
     procs: list[Proc] = []
 
@@ -35,10 +41,15 @@ def up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        procs.append(start_nats(args.nats_port, args.nats_monitor_port, run_dir / "nats"))
+        procs.append(
+            start_nats(args.nats_port, args.nats_monitor_port, run_dir / "nats", passwords)
+        )
         procs.append(start_service("llm", args.llm_port, env, timeout=120))
         procs.append(start_service("router", args.port, env | {"EDGE_ROUTER_HOST": args.host}))
-        print(READY.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
+        ready = READY.format(
+            host=args.host, port=args.port, nats_port=args.nats_port, ops_password=ops_password
+        )
+        print(ready, file=sys.stderr, flush=True)
         while all(p.popen.poll() is None for p in procs):
             time.sleep(0.5)  # supervise: notice a child that died
         dead = [p.name for p in procs if p.popen.poll() is not None]

@@ -2,27 +2,20 @@
 
 import sys
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import uvicorn
 from litestar import Litestar
 
 from edge_common.logs import configure_logging
-from edge_common.settings import SettingsError, load_settings
-
-
-class ServiceSettings(Protocol):
-    host: str
-    port: int
-    log_level: str
-
+from edge_common.settings import ServiceSettings, SettingsError, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
 def main(service: str, settings_cls: type[S], create_app: Callable[[S], Litestar]) -> None:
     try:
-        settings = load_settings(settings_cls, service)  # type: ignore[type-var]
+        settings = load_settings(settings_cls, service)
     except SettingsError as exc:
         sys.exit(f"edge-{service}: {exc}")
     configure_logging(service, settings.log_level)

@@ -18,6 +18,22 @@ import msgspec
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings every service has: the bus, its HTTP server, its log level."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server(s) to join, comma separated."""
+    nats_password: str = ""
+    """This service's password on NATS (its user is the service's name, see nats.conf);
+    empty = connect without credentials."""
+    host: str = "127.0.0.1"
+    """Address the service's HTTP server listens on."""
+    port: int
+    """Port the service's HTTP server listens on."""
+    log_level: str = "info"
+    """Log level: debug, info, warning, error."""
+
+
 class SettingsError(ValueError):
     """A setting could not be read; the message names the key."""
 

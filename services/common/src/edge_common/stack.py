@@ -7,6 +7,7 @@ endpoint answers 200.
 """
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -100,12 +101,30 @@ def spawn(
     return Proc(name, popen, Path(output.name) if output and isinstance(output.name, str) else None)
 
 
+NATS_CONF = Path(__file__).with_name("nats.conf")
+NATS_USERS = ("router", "llm", "ops")
+"""The users of nats.conf: one per service, and `ops` for operators."""
+
+
+def nats_passwords(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each NATS user's password variable (EDGE_<USER>_NATS_PASSWORD): taken from `env`
+    when set there, else a fresh random one."""
+    env = os.environ if env is None else env
+    names = [f"EDGE_{user.upper()}_NATS_PASSWORD" for user in NATS_USERS]
+    return {name: env.get(name) or secrets.token_urlsafe(24) for name in names}
+
+
 def start_nats(
-    port: int, monitor_port: int, store_dir: Path, output: IO[bytes] | None = None
+    port: int,
+    monitor_port: int,
+    store_dir: Path,
+    passwords: Mapping[str, str],
+    output: IO[bytes] | None = None,
 ) -> Proc:
-    argv = [nats_server_bin(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port)]
-    argv += ["-js", "-sd", str(store_dir)]
-    proc = spawn("nats-server", argv, output=output)
+    """nats-server with JetStream and nats.conf's users; `passwords` from nats_passwords()."""
+    argv = [nats_server_bin(), "-c", str(NATS_CONF), "-a", "127.0.0.1", "-p", str(port)]
+    argv += ["-m", str(monitor_port), "-js", "-sd", str(store_dir)]
+    proc = spawn("nats-server", argv, env=passwords, output=output)
     proc.wait_ready(f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true", 15)
     return proc
 
@@ -150,8 +169,11 @@ class LocalStack:
         self._procs: list[Proc] = []
         try:
             port = free_port()
-            self.add(start_nats(port, free_port(), workdir / "nats", output=self.log))
-            self.env = {"EDGE_NATS_URL": f"nats://127.0.0.1:{port}", "EDGE_LOG_LEVEL": "warning"}
+            self.passwords = nats_passwords({})
+            self.add(start_nats(port, free_port(), workdir / "nats", self.passwords, self.log))
+            self.nats_url = f"nats://127.0.0.1:{port}"
+            self.env = {"EDGE_NATS_URL": self.nats_url, "EDGE_LOG_LEVEL": "warning"}
+            self.env |= self.passwords
             self.add(start_service("llm", free_port(), self.env, output=self.log))
         except BaseException:
             self.__exit__()

@@ -49,7 +49,9 @@ def create_app(settings: LlmSettings) -> Litestar:
                 reserve_mb=settings.memory_reserve_mb,
             )
             await residency.ensure(residency.pinned)
-            nc = await stack.enter_async_context(bus.connect(settings.nats_url, "llm"))
+            nc = await stack.enter_async_context(
+                bus.connect(settings.nats_url, "llm", settings.nats_password)
+            )
             lease = NpuLease(
                 nc,
                 board=settings.board or default_board(),

@@ -4,20 +4,17 @@ from pathlib import Path
 
 import msgspec
 from edge_common.board import inspect_board
+from edge_common.settings import ServiceSettings
 
 from edge_llm.backends import ModelSpec
 from edge_llm.backends.llamacpp import LlamaCppModel
 from edge_llm.backends.rkllm import RkllmModel
 
 
-class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    """NATS server(s) to join, comma separated."""
-    host: str = "127.0.0.1"
-    """Address of the /health and /metrics HTTP server."""
+class LlmSettings(ServiceSettings, frozen=True, kw_only=True):
     port: int = 8101
     """Port of the /health and /metrics HTTP server."""
-    models: list[ModelSpec] = []
+    models: list[ModelSpec] = msgspec.field(default_factory=list)
     """Models served, as a JSON list (`backend` picks the backend of each); empty = chosen
     for this board: the RKLLM models of model_dir on an RK3576/RK3588 whose runtime loads,
     else the bundled SmolLM2 GGUF on the CPU."""
@@ -38,8 +35,6 @@ class LlmSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Jobs the NPU may run at once (2 when vision is pinned to one core, LLM to the other)."""
     lease_ttl_s: float = 5.0
     """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
-    log_level: str = "info"
-    """Log level: debug, info, warning, error."""
 
 
 def resolve_models(settings: LlmSettings, root: Path = Path("/")) -> list[ModelSpec]:

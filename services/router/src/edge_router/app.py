@@ -34,7 +34,9 @@ def create_app(settings: RouterSettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            nc = await stack.enter_async_context(bus.connect(settings.nats_url, "router"))
+            nc = await stack.enter_async_context(
+                bus.connect(settings.nats_url, "router", settings.nats_password)
+            )
             llm = LlmClient(
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )

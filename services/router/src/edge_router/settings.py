@@ -1,6 +1,7 @@
 """Settings of the router (`EDGE_ROUTER_*`, see edge_common.settings)."""
 
 import msgspec
+from edge_common.settings import ServiceSettings
 
 
 class Upstream(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,11 +83,7 @@ class InputLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Largest inline (data: URL) image; keep it below max_body_mb (base64 adds a third)."""
 
 
-class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    """NATS server(s) to join, comma separated."""
-    host: str = "127.0.0.1"
-    """Address the OpenAI-compatible API listens on."""
+class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     port: int = 8000
     """Port the OpenAI-compatible API listens on."""
     sysfs_root: str = "/sys"
@@ -99,7 +96,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How long a discovery round gathers replies from running services."""
     discovery_interval_s: float = 2.0
     """How often the router refreshes what the llm services serve."""
-    upstreams: list[Upstream] = []
+    upstreams: list[Upstream] = msgspec.field(default_factory=list)
     """Cloud upstreams as a JSON list; empty means local-only operation."""
     policy: PolicySettings = PolicySettings()
     """Routing thresholds as a JSON object (see PolicySettings)."""
@@ -115,5 +112,3 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Requests that may wait for the local llm beyond those running; more get 429."""
     default_deadline_s: float = 0.0
     """Longest queue wait a request accepts when it names no deadline; 0 = no limit."""
-    log_level: str = "info"
-    """Log level: debug, info, warning, error."""
