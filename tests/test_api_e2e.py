@@ -68,8 +68,22 @@ def error_of(response: httpx.Response) -> dict:
         ),
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, None),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        # strict as OpenAI: no numbers in strings, no 0/1 for booleans
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": "5"}, "seed"),
+        ({"model": "m", "messages": [{"role": "user", "content": 1}]}, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": 1}, "stream"),
     ],
-    ids=["no-messages", "empty-messages", "wrong-type", "out-of-range", "bad-role", "n"],
+    ids=[
+        "no-messages",
+        "empty-messages",
+        "wrong-type",
+        "out-of-range",
+        "bad-role",
+        "n",
+        "number-in-string",
+        "content-type",
+        "int-for-bool",
+    ],
 )
 def test_bad_requests_are_400_naming_the_field(
     http: httpx.Client, body: dict, param: str | None

@@ -1,25 +1,16 @@
 """API keys: the edge-keys CLI, and a router with a keys file in front of a fake cloud."""
 
-import contextlib
-import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from api_keys import make_key
 from edge_router.keys import main as keys_cli
 from fake_openai import FakeOpenAI
 
 HARD = "Think step by step and analyse the trade-offs of microservices."
-
-
-def make_key(file: Path, name: str, *args: str) -> str:
-    """`edge-keys create`: the key it prints (once)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert keys_cli(["--file", str(file), "create", name, *args]) == 0
-    return out.getvalue().strip()
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ def up(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
     try:
         procs.append(
             start_nats(args.nats_port, args.nats_monitor_port, run_dir / "nats", passwords)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import structlog
 from edge_common.thermal import npu_freq_mhz, npu_load, npu_temperature
 from litestar import Request, Response, get, post
@@ -17,7 +18,14 @@ from edge_router.admission import Admission
 from edge_router.auth import key_of
 from edge_router.chat import Caller, ChatService, Routed
 from edge_router.cloud import CloudClient
-from edge_router.errors import ERROR_RESPONSES, ApiError, ClientGone, InvalidRequest
+from edge_router.errors import (
+    ERROR_RESPONSES,
+    ApiError,
+    ClientGone,
+    InvalidRequest,
+    invalid_body,
+    invalid_json,
+)
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
 from edge_router.ratelimit import RateLimits
@@ -103,15 +111,28 @@ def _route_headers(routed: Routed) -> dict[str, str]:
     }
 
 
+async def chat_body(request: Request[Any, Any, Any]) -> tuple[p.ChatCompletionRequest, Any]:
+    """The body decoded strictly, as OpenAI does ("5" is no integer, 0 no boolean; Litestar's
+    own parsing is lenient), and as plain JSON (passed on to cloud upstreams)."""
+    try:
+        raw = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        raise invalid_json(exc) from None
+    try:
+        return msgspec.convert(raw, p.ChatCompletionRequest), raw
+    except msgspec.ValidationError as exc:
+        raise invalid_body(exc) from None
+
+
+# The request body is documented by edge_router.openapi (msgspec's schema).
 @post("/v1/chat/completions", status_code=200, responses=ERROR_RESPONSES)
 async def chat_completions(
-    data: p.ChatCompletionRequest,
     chat: ChatService,
     limits: RateLimits,
     settings: RouterSettings,
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
-    raw = await request.json()
+    data, raw = await chat_body(request)
     caller = caller_of(request, settings)
     seen = Observation(data.model)
     limit_headers: dict[str, str] = {}
@@ -144,12 +165,10 @@ async def chat_completions(
 
 @post("/v1/route/explain", status_code=200, responses=ERROR_RESPONSES)
 async def explain_route(
-    data: p.ChatCompletionRequest,
-    chat: ChatService,
-    settings: RouterSettings,
-    request: Request[Any, Any, Any],
+    chat: ChatService, settings: RouterSettings, request: Request[Any, Any, Any]
 ) -> dict[str, Any]:
     """Where this chat request would go, and why, without running it."""
+    data, _ = await chat_body(request)
     return await chat.explain(data, caller_of(request, settings))
 
 

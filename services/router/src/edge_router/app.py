@@ -10,9 +10,9 @@ from edge_common.metrics import metrics
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from prometheus_client import REGISTRY
 
+from edge_router import openapi
 from edge_router.admission import Admission
 from edge_router.api import chat_completions, explain_route, health, list_models
 from edge_router.auth import Auth
@@ -80,7 +80,7 @@ def create_app(settings: RouterSettings) -> Litestar:
         if settings.keys_file
         else None
     )
-    return Litestar(
+    app = Litestar(
         [chat_completions, explain_route, list_models, health, metrics],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
@@ -92,5 +92,7 @@ def create_app(settings: RouterSettings) -> Litestar:
         },
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         logging_config=None,  # edge_common.logs owns logging
-        openapi_config=OpenAPIConfig(title="edge-ai gateway", version="0.1.0"),
+        openapi_config=openapi.openapi_config(auth=auth is not None),
     )
+    openapi.complete(app, settings.limits, open_paths=auth.open_paths if auth else ())
+    return app

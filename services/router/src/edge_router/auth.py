@@ -26,12 +26,12 @@ class Unauthorized(ApiError):
 class Auth:
     def __init__(self, store: KeyStore, *, protect_metrics: bool) -> None:
         self._store = store
-        self._open = ("/health", "/schema") + (() if protect_metrics else ("/metrics",))
+        self.open_paths = ("/health", "/schema") + (() if protect_metrics else ("/metrics",))
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
         """Litestar before_request hook."""
         path = request.url.path
-        if path.startswith(self._open):
+        if path.startswith(self.open_paths):
             return
         record = self.check(request.headers.get("authorization", ""), path)
         request.state.key = record

@@ -109,11 +109,6 @@ def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS
                     )
     if request.n != 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
-    both = request.max_tokens and request.max_completion_tokens
-    if both and request.max_tokens != request.max_completion_tokens:
-        raise InvalidRequest(
-            "Set max_tokens or max_completion_tokens, not both.", param="max_tokens"
-        )
 
 
 def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> wire.ChatRequest:
@@ -220,6 +215,7 @@ class ChatService:
         )
 
     async def explain(self, request: p.ChatCompletionRequest, caller: Caller) -> dict[str, Any]:
+        check(request, self._limits)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         score, named = policy.complexity(features, self._policy)

@@ -14,12 +14,7 @@ import msgspec
 import structlog
 from edge_common.wire import ErrorCode
 from litestar import Request, Response
-from litestar.exceptions import (
-    ClientException,
-    HTTPException,
-    SerializationException,
-    ValidationException,
-)
+from litestar.exceptions import HTTPException
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
@@ -149,36 +144,27 @@ def handle_api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
     return _response(exc)
 
 
-def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    """Litestar's body/parameter validation: name the offending field like OpenAI does."""
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    first = problems[0] if problems and isinstance(problems[0], dict) else {}
-    key, message = first.get("key"), first.get("message") or exc.detail
-    # a field missing from the body itself is reported against the body ("data")
+def invalid_json(exc: msgspec.DecodeError) -> InvalidRequest:
+    return InvalidRequest(
+        f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+    )
+
+
+def invalid_body(exc: msgspec.ValidationError) -> InvalidRequest:
+    """msgspec's verdict on a request body, naming the field as OpenAI does (`messages[0].role`)."""
+    message, _, at = str(exc).partition(" - at `$")
+    path = at.rstrip("`").lstrip(".")
     missing = re.fullmatch(r"Object missing required field `(.+)`", message)
     if missing:
-        field = missing[1] if key == "data" else f"{key}.{missing[1]}"
-        return _response(
-            InvalidRequest(
-                f"Missing required parameter: '{field}'.",
-                param=field,
-                code="missing_required_parameter",
-            )
+        field = f"{path}.{missing[1]}" if path else missing[1]
+        return InvalidRequest(
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            code="missing_required_parameter",
         )
-    if key:
-        message = f"Invalid value for '{key}': {message}"
-    return _response(InvalidRequest(message, param=key or None, code="invalid_value"))
-
-
-def handle_client(request: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
-    if isinstance(exc.__cause__, SerializationException):
-        return _response(
-            InvalidRequest(
-                f"We could not parse the JSON body of your request: {exc.detail}",
-                code="invalid_json",
-            )
-        )
-    return handle_http(request, exc)
+    if path:
+        message = f"Invalid value for '{path}': {message}"
+    return InvalidRequest(message, param=path or None, code="invalid_value")
 
 
 class HttpError(ApiError):
@@ -208,8 +194,6 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 exception_handlers = {
     ApiError: handle_api_error,
-    ValidationException: handle_validation,
-    ClientException: handle_client,
     HTTPException: handle_http,
     Exception: handle_unexpected,
 }

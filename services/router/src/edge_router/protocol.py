@@ -80,7 +80,8 @@ class ChatCompletionRequest(Struct, kw_only=True):
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     seed: int | None = None
-    n: Annotated[int, Meta(ge=1, le=128)] = 1
+    # n > 1 gets our clear "only n=1" error (chat.check), and the schema says so
+    n: Annotated[int, Meta(ge=1, extra_json_schema={"maximum": 1})] = 1
     user: str | None = None
     # Accepted so that the error for them is ours and clear, not a generic schema error.
     tools: list[dict[str, Any]] | None = None
