@@ -1,8 +1,12 @@
 """/v1/models, /health, OpenAPI and every client mistake, through the running router."""
 
+import base64
+import io
+
 import httpx
 import pytest
 from openai import NotFoundError, OpenAI
+from PIL import Image
 
 
 def test_models_lists_aliases_and_what_workers_serve(client: OpenAI, model: str) -> None:
@@ -149,6 +153,18 @@ def test_request_id_echoed_only_when_safe(http: httpx.Client, sent: str, echoed:
     assert got.replace("-", "").replace("_", "").isalnum()
 
 
+def png(width: int, height: int) -> str:
+    """A black bilevel PNG as a data URL: tiny on the wire whatever its size in pixels."""
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def image_message(url: str) -> dict:
+    text = {"type": "text", "text": "What is this?"}
+    return {"role": "user", "content": [text, {"type": "image_url", "image_url": {"url": url}}]}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param", "code"),
     [
@@ -195,8 +211,34 @@ def test_request_id_echoed_only_when_safe(http: httpx.Client, sent: str, echoed:
             "messages[0].content[0].image_url",
             "image_too_large",
         ),
+        (
+            {"messages": [image_message(png(5000, 4000))]},  # 20 MP in a few kB
+            400,
+            "messages[0].content[1].image_url",
+            "image_too_large",
+        ),
+        (
+            {"messages": [image_message("data:image/png;base64,aGVsbG8=")]},
+            400,
+            "messages[0].content[1].image_url",
+            "invalid_image",
+        ),
+        (  # within the limits: on to routing, which has no local model with eyes
+            {"messages": [image_message(png(640, 480))]},
+            400,
+            None,
+            "unsupported",
+        ),
     ],
-    ids=["too-many-messages", "max-tokens", "huge-body", "large-image"],
+    ids=[
+        "too-many-messages",
+        "max-tokens",
+        "huge-body",
+        "large-image",
+        "pixels",
+        "not-an-image",
+        "fits",
+    ],
 )
 def test_input_limits(http: httpx.Client, model: str, body: dict, status: int, param, code) -> None:
     """Requests beyond the input limits get a 4xx in OpenAI's shape, never a 5xx."""

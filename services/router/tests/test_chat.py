@@ -72,7 +72,7 @@ def test_sampling_fields_carry_over(body: dict, expected: dict) -> None:
                 "messages": [
                     {
                         "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "data:,"}}],
+                        "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}],
                     }
                 ]
             },

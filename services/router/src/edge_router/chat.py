@@ -5,6 +5,8 @@ iterator of SSE payloads (JSON bytes); api.py frames them. Local answers are bui
 the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 """
 
+import base64
+import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -14,6 +16,7 @@ import msgspec
 import structlog
 from edge_common import wire
 from edge_common.thermal import npu_temperature
+from PIL import Image
 
 from edge_router import policy
 from edge_router import protocol as p
@@ -84,6 +87,35 @@ def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
 DEFAULT_LIMITS = InputLimits()
 
 
+def _check_image(url: str, limits: InputLimits, param: str) -> None:
+    """An inline image: base64, within the size limit, readable, within the pixel limit.
+    Only its header is read (no decoding of pixels)."""
+    param += ".image_url"
+    pixels = f"Images are at most {limits.max_image_pixels:,} pixels"
+    if len(url) * 3 / 4 > limits.max_image_mb * 2**20:
+        raise InvalidRequest(
+            f"Images are at most {limits.max_image_mb:g} MB.", param=param, code="image_too_large"
+        )
+    media, _, payload = url.partition(",")
+    try:
+        if not media.endswith(";base64"):
+            raise ValueError("not base64")
+        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own bound, far beyond ours
+        raise InvalidRequest(f"{pixels}.", param=param, code="image_too_large") from None
+    except (ValueError, OSError):  # binascii.Error is a ValueError
+        raise InvalidRequest(
+            "The image could not be read: send a PNG, JPEG, GIF or WebP as a base64 data URL.",
+            param=param,
+            code="invalid_image",
+        ) from None
+    if width * height > limits.max_image_pixels:
+        raise InvalidRequest(
+            f"{pixels}; this one is {width}x{height}.", param=param, code="image_too_large"
+        )
+
+
 def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS) -> None:
     """What no target accepts, whatever the route."""
     if len(request.messages) > limits.max_messages:
@@ -100,13 +132,8 @@ def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS
     for i, message in enumerate(request.messages):
         if isinstance(message, p.UserMessage) and not isinstance(message.content, str):
             for j, part in enumerate(message.content):
-                url = part.image_url.url if isinstance(part, p.ImagePart) else ""
-                if url.startswith("data:") and len(url) * 3 / 4 > limits.max_image_mb * 2**20:
-                    raise InvalidRequest(
-                        f"Images are at most {limits.max_image_mb:g} MB.",
-                        param=f"messages[{i}].content[{j}].image_url",
-                        code="image_too_large",
-                    )
+                if isinstance(part, p.ImagePart) and part.image_url.url.startswith("data:"):
+                    _check_image(part.image_url.url, limits, f"messages[{i}].content[{j}]")
     if request.n != 1:
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
 

@@ -81,6 +81,8 @@ class InputLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Largest max_tokens / max_completion_tokens accepted."""
     max_image_mb: float = 5.0
     """Largest inline (data: URL) image; keep it below max_body_mb (base64 adds a third)."""
+    max_image_pixels: int = 4096 * 4096
+    """Most pixels (width x height) of an inline image."""
 
 
 class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
