@@ -128,15 +128,15 @@ def stack(
 @pytest.fixture(scope="module")
 def router_with(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., str]]:
+) -> Iterator[Callable[..., Service]]:
     """Start another router on the session's bus with its own EDGE_ROUTER_* settings (or any
-    EDGE_* variable); it stops at the end of the module. Returns its URL."""
+    EDGE_* variable); it stops at the end of the module."""
     started: list[Service] = []
 
-    def make(**env: str) -> str:
+    def make(**env: str) -> Service:
         root = tmp_path_factory.mktemp("router")
         started.append(start("router", root, {**stack.nats.env, **env}))
-        return started[-1].url
+        return started[-1]
 
     yield make
     for service in started:

@@ -16,7 +16,7 @@ LONG = {"role": "user", "content": "Write a very long story about a dragon and a
 
 @pytest.fixture(scope="module")
 def router(router_with) -> str:
-    return router_with(EDGE_ROUTER_QUEUE_DEPTH=str(DEPTH))
+    return router_with(EDGE_ROUTER_QUEUE_DEPTH=str(DEPTH)).url
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def router(router_with, keys, keys_file: Path, cloud: FakeOpenAI) -> str:
     upstream = {"name": "cloud", "base_url": cloud.url, "models": ["gpt-x"]}
     return router_with(
         EDGE_ROUTER_KEYS_FILE=str(keys_file), EDGE_ROUTER_UPSTREAMS=json.dumps([upstream])
-    )
+    ).url
 
 
 @pytest.fixture

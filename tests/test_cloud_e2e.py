@@ -92,7 +92,7 @@ def router(router_with, fakes, npu_temp: Path) -> str:
     return router_with(
         EDGE_ROUTER_UPSTREAMS=json.dumps(upstreams),
         EDGE_ROUTER_SYSFS_ROOT=str(npu_temp.parents[3]),
-    )
+    ).url
 
 
 @pytest.fixture

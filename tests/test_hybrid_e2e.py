@@ -26,7 +26,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client(router_with, llama_server: str) -> Iterator[OpenAI]:
     upstream = {"name": "board2", "base_url": llama_server, "models": ["board2-smollm"]}
-    url = router_with(EDGE_ROUTER_UPSTREAMS=json.dumps([upstream]))
+    url = router_with(EDGE_ROUTER_UPSTREAMS=json.dumps([upstream])).url
     with OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c:
         yield c
 

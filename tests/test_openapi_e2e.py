@@ -23,7 +23,7 @@ def test_no_server_errors_and_every_answer_as_documented(router_with, tmp_path: 
     # small generations: the document's max_tokens bound is the router's configured one
     url = router_with(
         EDGE_ROUTER_KEYS_FILE=str(keys_file), EDGE_ROUTER_LIMITS=json.dumps({"max_tokens": 16})
-    )
+    ).url
     junit = tmp_path / "junit.xml"
     argv = [str(Path(sys.executable).with_name("st")), "run", f"{url}/schema/openapi.json"]
     argv += ["--header", f"Authorization: Bearer {key}", "--exclude-checks", CHECKS_LEFT_OUT]

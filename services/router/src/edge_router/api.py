@@ -134,7 +134,7 @@ async def chat_completions(
 ) -> Response[Any]:
     data, raw = await chat_body(request)
     caller = caller_of(request, settings)
-    seen = Observation(data.model)
+    seen = Observation(data.model, raw["messages"] if settings.log_content else None)
     limit_headers: dict[str, str] = {}
     try:
         if (key := key_of(request)) and (key.rpm or key.tpm or key.max_parallel):
@@ -143,7 +143,7 @@ async def chat_completions(
             seen.on_done, limit_headers = ticket.finish, ticket.headers
         routed = await unless_gone(
             request,
-            chat.handle(data, raw, request_id_of(request.scope), caller, seen.counted),
+            chat.handle(data, raw, request_id_of(request.scope), caller, seen),
         )
     except ApiError as exc:
         seen.done(exc.status)

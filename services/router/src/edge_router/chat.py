@@ -7,10 +7,11 @@ the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 
 import base64
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -167,6 +168,16 @@ def _usage(done: wire.Done) -> p.Usage:
 UsageSink = Callable[[p.Usage], None]
 
 
+class Watcher(Protocol):
+    """Hears what a request goes through (metrics.Observation)."""
+
+    def queued(self, wait_s: float) -> None:
+        """It waited this long for a local slot."""
+
+    def counted(self, usage: p.Usage) -> None:
+        """A local generation's token counts."""
+
+
 def _ignore(_: p.Usage) -> None:
     pass
 
@@ -265,16 +276,16 @@ class ChatService:
         raw: dict[str, Any],
         request_id: str,
         caller: Caller,
-        on_usage: UsageSink = _ignore,
+        watcher: Watcher,
     ) -> Routed:
-        """Route and run; `on_usage` hears the token counts of local generations."""
+        """Route and run; `watcher` hears the queue wait and token counts of local runs."""
         check(request, self._limits)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         decision = policy.decide(request.model, features, state, self._policy)
         try:
             return Routed(
-                decision, await self._run(decision, request, raw, request_id, caller, on_usage)
+                decision, await self._run(decision, request, raw, request_id, caller, watcher)
             )
         except (Unavailable, BadGateway) as exc:
             fallback = decision.fallback
@@ -293,7 +304,7 @@ class ChatService:
                 ],
             )
             return Routed(
-                decision, await self._run(decision, request, raw, request_id, caller, on_usage)
+                decision, await self._run(decision, request, raw, request_id, caller, watcher)
             )
 
     async def _run(
@@ -303,7 +314,7 @@ class ChatService:
         raw: dict[str, Any],
         request_id: str,
         caller: Caller,
-        on_usage: UsageSink,
+        watcher: Watcher,
     ) -> Body:
         if d.target == "cloud":
             assert d.upstream is not None
@@ -315,16 +326,18 @@ class ChatService:
         # the admission slot is held until the generation ends, streams included
         held = AsyncExitStack()
         async with held:
+            arrived = time.perf_counter()
             await held.enter_async_context(
                 self._admission.slot(priority=caller.priority, deadline_s=caller.deadline_s)
             )
+            watcher.queued(time.perf_counter() - arrived)
             events = await self._submit(wire_request)
             if request.stream:
                 include_usage = bool(
                     request.stream_options and request.stream_options.include_usage
                 )
                 return self._local_stream(
-                    wire_request, include_usage, events, held.pop_all(), on_usage
+                    wire_request, include_usage, events, held.pop_all(), watcher.counted
                 )
             return _json.encode(await self._collect(events, d.model, request_id))
 

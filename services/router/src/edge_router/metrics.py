@@ -25,26 +25,45 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 REQUESTS = Counter("edge_requests", "Chat requests answered", ["route", "model", "status"])
 DURATION = Histogram("edge_request_seconds", "Time to the answer's end", ["route"], buckets=BUCKETS)
+QUEUE_WAIT = Histogram(
+    "edge_queue_wait_seconds", "Wait for a local slot (admission)", buckets=BUCKETS
+)
 TTFT = Histogram("edge_ttft_seconds", "Time to a stream's first token", ["route"], buckets=BUCKETS)
 TOKENS = Counter("edge_tokens", "Tokens processed", ["route", "kind"])
 
 
-class _WithUsage(msgspec.Struct):
+class _Text(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Text | None = None
+    message: _Text | None = None
+
+
+class _Answer(msgspec.Struct):
+    """What an Observation reads of an answer or a stream chunk."""
+
     usage: p.Usage | None = None
+    choices: list[_Choice] = msgspec.field(default_factory=list)
 
 
-_usage_of = msgspec.json.Decoder(_WithUsage).decode
+_answer = msgspec.json.Decoder(_Answer).decode
 
 
 class Observation:
     """One chat request, from arrival to its last byte."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, messages: object = None) -> None:
+        """`messages`: the prompt, to log with the completion (only with log_content)."""
         self.on_done: Callable[[int | None], None] | None = None
         """Told the tokens used when the request ends (rate-limit settlement)."""
+        self.messages = messages
+        self.completion: list[str] = []
         self.started = time.perf_counter()
         self.route, self.model = "none", model
         self.ttft_s: float | None = None
+        self.queue_wait_s: float | None = None
         self.usage: p.Usage | None = None
 
     def routed(self, route: str, model: str) -> None:
@@ -55,9 +74,18 @@ class Observation:
         if self.ttft_s is None and b'"content":"' in raw and b'"content":""' not in raw:
             self.ttft_s = time.perf_counter() - self.started
             TTFT.labels(self.route).observe(self.ttft_s)
-        if b'"usage":{' in raw:
+        logged = self.messages is not None
+        if b'"usage":{' in raw or logged:
             with contextlib.suppress(msgspec.DecodeError):  # not ours to judge here
-                self.usage = _usage_of(raw).usage or self.usage
+                answer = _answer(raw)
+                self.usage = answer.usage or self.usage
+                if logged:
+                    texts = (c.delta or c.message for c in answer.choices)
+                    self.completion += [t.content for t in texts if t and t.content]
+
+    def queued(self, wait_s: float) -> None:
+        self.queue_wait_s = wait_s
+        QUEUE_WAIT.observe(wait_s)
 
     def counted(self, usage: p.Usage) -> None:
         self.usage = usage
@@ -76,10 +104,16 @@ class Observation:
             route=self.route,
             model=self.model,
             status=status,
+            queue_wait_s=None if self.queue_wait_s is None else round(self.queue_wait_s, 4),
             ttft_s=None if self.ttft_s is None else round(self.ttft_s, 4),
             total_s=round(total, 4),
             prompt_tokens=self.usage.prompt_tokens if self.usage else None,
             completion_tokens=self.usage.completion_tokens if self.usage else None,
+            **(
+                {"messages": self.messages, "completion": "".join(self.completion)}
+                if self.messages is not None
+                else {}
+            ),
         )
 
 

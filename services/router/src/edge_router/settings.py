@@ -106,6 +106,9 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     """Never send anything to the cloud, whatever the request."""
     limits: InputLimits = InputLimits()
     """Input limits as a JSON object (see InputLimits)."""
+    log_content: bool = False
+    """Log each request's messages and completion text in its request.completed event;
+    off, no prompt or completion text is ever logged."""
     keys_file: str = ""
     """API keys file (see `edge-keys`); empty = no authentication (a laptop)."""
     protect_metrics: bool = False
