@@ -1,6 +1,7 @@
 """API keys: the edge-keys CLI, and a router with a keys file in front of a fake cloud."""
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from api_keys import make_key
 from edge_router.keys import main as keys_cli
 from fake_openai import FakeOpenAI
 
+TPM = 120
 HARD = "Think step by step and analyse the trade-offs of microservices."
 
 
@@ -36,6 +38,7 @@ def keys(keys_file: Path) -> dict[str, str]:
         "old": make_key(keys_file, "old"),
         "metered": make_key(keys_file, "metered", "--rpm", "2"),
         "single": make_key(keys_file, "single", "--parallel", "1"),
+        "thrifty": make_key(keys_file, "thrifty", "--tpm", str(TPM)),
     }
     assert keys_cli(["--file", str(keys_file), "revoke", "old"]) == 0
     return made
@@ -155,6 +158,30 @@ async def test_rate_limits_with_openai_headers(http: httpx.AsyncClient, keys, mo
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_requests")
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_token_limit_settles_with_real_usage(
+    http: httpx.AsyncClient, keys, model: str
+) -> None:
+    """tpm=120: a request takes its estimate at once and is settled with its real usage
+    (the chat template's tokens included); one that asks more than the limit is 429."""
+    thrifty = bearer(keys["thrifty"])
+    first = await http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
+    assert first.headers["x-ratelimit-limit-tokens"] == str(TPM)
+    used = first.json()["usage"]["total_tokens"]
+    sent = time.monotonic()
+    second = await http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
+    refill = (time.monotonic() - sent) * TPM / 60 + 1  # buckets refill continuously
+    taken = int(first.headers["x-ratelimit-remaining-tokens"]) - int(
+        second.headers["x-ratelimit-remaining-tokens"]
+    )
+    assert used - refill <= taken <= used + 1  # the first one's real usage, not its estimate
+    greedy = await http.post(
+        "/v1/chat/completions", json=chat(model, max_tokens=TPM + 1), headers=thrifty
+    )
+    assert (greedy.status_code, greedy.json()["error"]["code"]) == (429, "rate_limit_tokens")
+    assert int(greedy.headers["retry-after"]) >= 1
+    assert "x-ratelimit-remaining-tokens" in greedy.headers
 
 
 async def test_parallel_limit_counts_open_streams(
