@@ -2,7 +2,7 @@
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 import httpx
@@ -35,6 +35,13 @@ async def aclient(stack) -> AsyncOpenAI:
 @pytest.fixture(scope="session")
 def http(stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.router.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+async def router_http(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client on the test module's own `router` (a URL fixture)."""
+    async with httpx.AsyncClient(base_url=router, timeout=60) as c:
         yield c
 
 

@@ -52,12 +52,6 @@ def router(router_with, keys, keys_file: Path, cloud: FakeOpenAI) -> str:
     ).url
 
 
-@pytest.fixture
-async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=router, timeout=60) as client:
-        yield client
-
-
 def chat(model: str, content: str = "Hi", **extra: object) -> dict:
     return {
         "model": model,
@@ -91,92 +85,102 @@ def test_file_holds_hashes_and_list_shows_no_keys(keys, keys_file: Path, capsys)
     ],
     ids=["none", "not-bearer", "unknown"],
 )
-async def test_bad_keys_are_401(http: httpx.AsyncClient, model: str, headers, code: str) -> None:
+async def test_bad_keys_are_401(
+    router_http: httpx.AsyncClient, model: str, headers, code: str
+) -> None:
     """No key, the wrong scheme or an unknown key: 401 in OpenAI's shape, WWW-Authenticate."""
-    response = await http.post("/v1/chat/completions", json=chat(model), headers=headers)
+    response = await router_http.post("/v1/chat/completions", json=chat(model), headers=headers)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == code
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_revoked_key_is_401_and_wrong_scope_403(http, keys, model: str) -> None:
+async def test_revoked_key_is_401_and_wrong_scope_403(router_http, keys, model: str) -> None:
     """A revoked key is refused (401); a key without the chat scope is forbidden (403)."""
-    revoked = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(keys["old"]))
+    revoked = await router_http.post(
+        "/v1/chat/completions", json=chat(model), headers=bearer(keys["old"])
+    )
     assert (revoked.status_code, revoked.json()["error"]["code"]) == (401, "revoked_api_key")
-    scoped = await http.post(
+    scoped = await router_http.post(
         "/v1/chat/completions", json=chat(model), headers=bearer(keys["embedder"])
     )
     assert (scoped.status_code, scoped.json()["error"]["code"]) == (403, "insufficient_scope")
 
 
-async def test_open_endpoints_and_a_good_key(http: httpx.AsyncClient, keys, model: str) -> None:
+async def test_open_endpoints_and_a_good_key(
+    router_http: httpx.AsyncClient, keys, model: str
+) -> None:
     """/health and /metrics need no key and /health says auth is on; a valid key is served."""
-    health = await http.get("/health")
+    health = await router_http.get("/health")
     assert (health.status_code, health.json()["auth"]) == (200, "on")
-    assert (await http.get("/metrics")).status_code == 200
-    ok = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(keys["app"]))
+    assert (await router_http.get("/metrics")).status_code == 200
+    ok = await router_http.post(
+        "/v1/chat/completions", json=chat(model), headers=bearer(keys["app"])
+    )
     assert ok.status_code == 200
 
 
-async def test_local_only_key_never_reaches_the_cloud(http, keys, cloud: FakeOpenAI) -> None:
+async def test_local_only_key_never_reaches_the_cloud(router_http, keys, cloud: FakeOpenAI) -> None:
     """A local-only key keeps hard prompts local and is refused cloud models."""
     private = bearer(keys["private"])
-    auto = await http.post("/v1/chat/completions", json=chat("auto", HARD), headers=private)
+    auto = await router_http.post("/v1/chat/completions", json=chat("auto", HARD), headers=private)
     assert auto.headers["x-edge-route"] == "local"
     assert "but request is local-only" in auto.headers["x-edge-route-reason"]
-    pinned = await http.post("/v1/chat/completions", json=chat("gpt-x"), headers=private)
+    pinned = await router_http.post("/v1/chat/completions", json=chat("gpt-x"), headers=private)
     assert (pinned.status_code, pinned.json()["error"]["code"]) == (403, "local_only")
-    public = await http.post(
+    public = await router_http.post(
         "/v1/chat/completions", json=chat("auto", HARD), headers=bearer(keys["app"])
     )
     assert public.headers["x-edge-route"] == "cloud"
     assert len(cloud.received) == 1  # only the public key's request
 
 
-async def test_revocation_applies_without_restart(http, keys_file: Path, model: str) -> None:
+async def test_revocation_applies_without_restart(router_http, keys_file: Path, model: str) -> None:
     """A key revoked with the CLI is refused on the next request."""
     key = make_key(keys_file, "temp")
     assert (
-        await http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
+        await router_http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
     ).status_code == 200
     keys_cli(["--file", str(keys_file), "revoke", "temp"])
-    again = await http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
+    again = await router_http.post("/v1/chat/completions", json=chat(model), headers=bearer(key))
     assert (again.status_code, again.json()["error"]["code"]) == (401, "revoked_api_key")
 
 
-async def test_rate_limits_with_openai_headers(http: httpx.AsyncClient, keys, model: str) -> None:
+async def test_rate_limits_with_openai_headers(
+    router_http: httpx.AsyncClient, keys, model: str
+) -> None:
     """rpm=2: both answers carry x-ratelimit-* headers; the third is 429 with Retry-After."""
     metered = bearer(keys["metered"])
     remaining = []
     for _ in range(2):
-        ok = await http.post("/v1/chat/completions", json=chat(model), headers=metered)
+        ok = await router_http.post("/v1/chat/completions", json=chat(model), headers=metered)
         assert ok.status_code == 200
         assert ok.headers["x-ratelimit-limit-requests"] == "2"
         remaining.append(ok.headers["x-ratelimit-remaining-requests"])
     assert remaining == ["1", "0"]
-    refused = await http.post("/v1/chat/completions", json=chat(model), headers=metered)
+    refused = await router_http.post("/v1/chat/completions", json=chat(model), headers=metered)
     assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_requests")
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 async def test_token_limit_settles_with_real_usage(
-    http: httpx.AsyncClient, keys, model: str
+    router_http: httpx.AsyncClient, keys, model: str
 ) -> None:
     """tpm=120: a request takes its estimate at once and is settled with its real usage
     (the chat template's tokens included); one that asks more than the limit is 429."""
     thrifty = bearer(keys["thrifty"])
-    first = await http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
+    first = await router_http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
     assert first.headers["x-ratelimit-limit-tokens"] == str(TPM)
     used = first.json()["usage"]["total_tokens"]
     sent = time.monotonic()
-    second = await http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
+    second = await router_http.post("/v1/chat/completions", json=chat(model), headers=thrifty)
     refill = (time.monotonic() - sent) * TPM / 60 + 1  # buckets refill continuously
     taken = int(first.headers["x-ratelimit-remaining-tokens"]) - int(
         second.headers["x-ratelimit-remaining-tokens"]
     )
     assert used - refill <= taken <= used + 1  # the first one's real usage, not its estimate
-    greedy = await http.post(
+    greedy = await router_http.post(
         "/v1/chat/completions", json=chat(model, max_tokens=TPM + 1), headers=thrifty
     )
     assert (greedy.status_code, greedy.json()["error"]["code"]) == (429, "rate_limit_tokens")
@@ -185,16 +189,18 @@ async def test_token_limit_settles_with_real_usage(
 
 
 async def test_parallel_limit_counts_open_streams(
-    http: httpx.AsyncClient, keys, model: str
+    router_http: httpx.AsyncClient, keys, model: str
 ) -> None:
     """max_parallel=1: while one stream is open a second request is 429; after it, fine."""
     single = bearer(keys["single"])
     body = chat(model, "Write a long story.", stream=True)
     body["max_tokens"] = 8
-    async with http.stream("POST", "/v1/chat/completions", json=body, headers=single) as stream:
+    async with router_http.stream(
+        "POST", "/v1/chat/completions", json=body, headers=single
+    ) as stream:
         assert stream.status_code == 200
-        second = await http.post("/v1/chat/completions", json=chat(model), headers=single)
+        second = await router_http.post("/v1/chat/completions", json=chat(model), headers=single)
         assert (second.status_code, second.json()["error"]["code"]) == (429, "rate_limit_parallel")
         await stream.aread()
-    after = await http.post("/v1/chat/completions", json=chat(model), headers=single)
+    after = await router_http.post("/v1/chat/completions", json=chat(model), headers=single)
     assert after.status_code == 200

@@ -95,30 +95,26 @@ def router(router_with, fakes, npu_temp: Path) -> str:
     ).url
 
 
-@pytest.fixture
-async def http(router: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=router, timeout=30) as client:
-        yield client
-
-
 def chat(model: str, content: str = "Hello", **extra: object) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
-async def sse_payloads(http: httpx.AsyncClient, body: dict) -> tuple[httpx.Response, list[bytes]]:
-    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+async def sse_payloads(
+    router_http: httpx.AsyncClient, body: dict
+) -> tuple[httpx.Response, list[bytes]]:
+    async with router_http.stream("POST", "/v1/chat/completions", json=body) as response:
         raw = await response.aread()
     events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
     return response, events
 
 
-async def health_of(http: httpx.AsyncClient) -> dict:
-    return (await http.get("/health")).json()
+async def health_of(router_http: httpx.AsyncClient) -> dict:
+    return (await router_http.get("/health")).json()
 
 
-async def test_non_stream_relayed_exactly(http: httpx.AsyncClient, fakes) -> None:
+async def test_non_stream_relayed_exactly(router_http: httpx.AsyncClient, fakes) -> None:
     """A cloud answer reaches the client byte for byte, with the route in the headers."""
-    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    response = await router_http.post("/v1/chat/completions", json=chat("cloud-small"))
     assert response.status_code == 200
     assert response.content == fakes["fake"].sent[-1][0]
     assert response.headers["x-edge-route"] == "cloud"
@@ -126,10 +122,12 @@ async def test_non_stream_relayed_exactly(http: httpx.AsyncClient, fakes) -> Non
     assert fakes["fake"].received[-1].body["model"] == "cloud-small"
 
 
-async def test_stream_relayed_chunk_by_chunk_with_usage(http: httpx.AsyncClient, fakes) -> None:
+async def test_stream_relayed_chunk_by_chunk_with_usage(
+    router_http: httpx.AsyncClient, fakes
+) -> None:
     """Every upstream event is relayed unchanged, usage included, then [DONE]."""
     body = chat("cloud-small", stream=True, stream_options={"include_usage": True}, seed=3)
-    response, events = await sse_payloads(http, body)
+    response, events = await sse_payloads(router_http, body)
     assert response.headers["x-edge-route"] == "cloud"
     assert events[-1] == b"[DONE]"
     assert events[:-1] == fakes["fake"].sent[-1]
@@ -138,15 +136,15 @@ async def test_stream_relayed_chunk_by_chunk_with_usage(http: httpx.AsyncClient,
     assert (sent["stream_options"], sent["seed"]) == ({"include_usage": True}, 3)
 
 
-async def test_retry_after_is_honoured(http: httpx.AsyncClient, fakes) -> None:
+async def test_retry_after_is_honoured(router_http: httpx.AsyncClient, fakes) -> None:
     """A 429 with Retry-After: 1 is retried no sooner than a second later."""
     fakes["fake"].faults.append(Fault("status", status=429, retry_after="1"))
-    retries = (await health_of(http))["cloud"]["fake"]["retries"]
-    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    retries = (await health_of(router_http))["cloud"]["fake"]["retries"]
+    response = await router_http.post("/v1/chat/completions", json=chat("cloud-small"))
     assert response.status_code == 200
     first, second = fakes["fake"].received
     assert second.at - first.at >= 1.0
-    assert (await health_of(http))["cloud"]["fake"]["retries"] == retries + 1
+    assert (await health_of(router_http))["cloud"]["fake"]["retries"] == retries + 1
 
 
 @pytest.mark.parametrize(
@@ -161,15 +159,15 @@ async def test_retry_after_is_honoured(http: httpx.AsyncClient, fakes) -> None:
 )
 @pytest.mark.parametrize("stream", [False, True])
 async def test_transient_failures_are_retried(
-    http, fakes, faults: list[Fault], stream: bool
+    router_http, fakes, faults: list[Fault], stream: bool
 ) -> None:
     """Failures before the first token are retried until an attempt succeeds."""
     fakes["fake"].faults.extend(faults)
     if stream:
-        response, events = await sse_payloads(http, chat("cloud-small", stream=True))
+        response, events = await sse_payloads(router_http, chat("cloud-small", stream=True))
         assert events[:-1] == fakes["fake"].sent[-1]
     else:
-        response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+        response = await router_http.post("/v1/chat/completions", json=chat("cloud-small"))
         assert response.content == fakes["fake"].sent[-1][0]
     assert response.status_code == 200
     assert len(fakes["fake"].received) == len(faults) + 1
@@ -193,40 +191,42 @@ async def test_failure_after_first_token_is_an_error_event(router: str, fakes, k
     assert len(fakes["fake"].received) == 1
 
 
-async def test_client_errors_pass_through_without_retry(http: httpx.AsyncClient, fakes) -> None:
+async def test_client_errors_pass_through_without_retry(
+    router_http: httpx.AsyncClient, fakes
+) -> None:
     """The upstream's own 400 answer is relayed as it is and not retried."""
     fakes["fake"].faults.append(Fault("status", status=400))
-    response = await http.post("/v1/chat/completions", json=chat("cloud-small"))
+    response = await router_http.post("/v1/chat/completions", json=chat("cloud-small"))
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "injected 400"
     assert len(fakes["fake"].received) == 1
 
 
-async def test_exhausted_retries_fall_back_to_local(http: httpx.AsyncClient, fakes) -> None:
+async def test_exhausted_retries_fall_back_to_local(router_http: httpx.AsyncClient, fakes) -> None:
     """auto: the cloud's failure sends the request to the local model, saying so."""
     fakes["flaky"].faults.append(Fault("status", status=502))
-    response = await http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=4))
+    response = await router_http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=4))
     assert response.status_code == 200
     assert response.headers["x-edge-route"] == "local"
     assert "cloud failed, fell back to local" in response.headers["x-edge-route-reason"]
     assert response.json()["usage"]["completion_tokens"] == 4
-    pinned = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    pinned = await router_http.post("/v1/chat/completions", json=chat("cloud-flaky"))
     assert pinned.status_code == 200  # and the success closed the failure count again
 
 
-async def test_breaker_opens_then_probes_and_closes(http: httpx.AsyncClient, fakes) -> None:
+async def test_breaker_opens_then_probes_and_closes(router_http: httpx.AsyncClient, fakes) -> None:
     """Two failures open flaky's breaker: no more calls, auto goes local; a probe closes it."""
     flaky = fakes["flaky"]
     flaky.faults.extend([Fault("status", status=500), Fault("status", status=500)])
     for _ in range(2):
-        failed = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+        failed = await router_http.post("/v1/chat/completions", json=chat("cloud-flaky"))
         assert failed.status_code == 503
-    assert (await health_of(http))["cloud"]["flaky"]["breaker"] == "open"
+    assert (await health_of(router_http))["cloud"]["flaky"]["breaker"] == "open"
 
-    refused = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    refused = await router_http.post("/v1/chat/completions", json=chat("cloud-flaky"))
     assert refused.status_code == 503
     assert int(refused.headers["retry-after"]) >= 1
-    auto = await http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=2))
+    auto = await router_http.post("/v1/chat/completions", json=chat("auto", HARD, max_tokens=2))
     assert auto.headers["x-edge-route"] == "local"
     assert "but cloud flaky circuit open" in auto.headers["x-edge-route-reason"]
     assert len(flaky.received) == 2  # nothing reached the upstream while open
@@ -234,46 +234,51 @@ async def test_breaker_opens_then_probes_and_closes(http: httpx.AsyncClient, fak
     # the breaker half-opens breaker_reset_s (1 s) after opening: another process's clock,
     # with no event to wait on, so poll its state
     async with asyncio.timeout(5):
-        while (await health_of(http))["cloud"]["flaky"]["breaker"] != "half_open":  # noqa: ASYNC110
+        while (await health_of(router_http))["cloud"]["flaky"]["breaker"] != "half_open":  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    probe = await http.post("/v1/chat/completions", json=chat("cloud-flaky"))
+    probe = await router_http.post("/v1/chat/completions", json=chat("cloud-flaky"))
     assert probe.status_code == 200
-    assert (await health_of(http))["cloud"]["flaky"]["breaker"] == "closed"
+    assert (await health_of(router_http))["cloud"]["flaky"]["breaker"] == "closed"
 
 
-async def test_local_only_requests_never_reach_the_cloud(http: httpx.AsyncClient, fakes) -> None:
+async def test_local_only_requests_never_reach_the_cloud(
+    router_http: httpx.AsyncClient, fakes
+) -> None:
     """x-edge-local-only keeps hard prompts local and refuses cloud models with 403."""
     only = {"x-edge-local-only": "true"}
-    auto = await http.post(
+    auto = await router_http.post(
         "/v1/chat/completions", json=chat("auto", HARD, max_tokens=2), headers=only
     )
     assert auto.headers["x-edge-route"] == "local"
     assert "but request is local-only" in auto.headers["x-edge-route-reason"]
-    pinned = await http.post("/v1/chat/completions", json=chat("cloud-small"), headers=only)
+    pinned = await router_http.post("/v1/chat/completions", json=chat("cloud-small"), headers=only)
     assert pinned.status_code == 403
     assert pinned.json()["error"]["code"] == "local_only"
     assert not fakes["fake"].received
     assert not fakes["flaky"].received
 
 
-async def test_models_and_health_show_where_things_run(http: httpx.AsyncClient, model: str) -> None:
+async def test_models_and_health_show_where_things_run(
+    router_http: httpx.AsyncClient, model: str
+) -> None:
     """/v1/models lists cloud models by upstream; /health shows breakers and disabled upstreams."""
     models = {
-        m["id"]: (m["route"], m["owned_by"]) for m in (await http.get("/v1/models")).json()["data"]
+        m["id"]: (m["route"], m["owned_by"])
+        for m in (await router_http.get("/v1/models")).json()["data"]
     }
     assert models["cloud-flaky"] == ("cloud", "flaky")
     assert models["cloud-small"] == ("cloud", "fake")
     assert models[model][0] == "local"
     assert "cloud-off" not in models
-    health = await health_of(http)
+    health = await health_of(router_http)
     assert health["mode"] == "hybrid"
     assert health["cloud"]["off"] == {"enabled": False, "reason": "EDGE_TEST_NOT_SET is not set"}
     assert health["cloud"]["fake"]["enabled"] is True
 
 
-async def test_explain_runs_nothing(http: httpx.AsyncClient, fakes) -> None:
+async def test_explain_runs_nothing(router_http: httpx.AsyncClient, fakes) -> None:
     """The dry run returns decision, features and state, and contacts no upstream."""
-    response = await http.post("/v1/route/explain", json=chat("auto", HARD))
+    response = await router_http.post("/v1/route/explain", json=chat("auto", HARD))
     assert response.status_code == 200
     explained = response.json()
     assert explained["decision"]["target"] == "cloud"
@@ -284,23 +289,25 @@ async def test_explain_runs_nothing(http: httpx.AsyncClient, fakes) -> None:
     assert not msgspec.json.decode(response.content).get("error")
 
 
-async def test_thermal_guard(http: httpx.AsyncClient, fakes, npu_temp: Path, model: str) -> None:
+async def test_thermal_guard(
+    router_http: httpx.AsyncClient, fakes, npu_temp: Path, model: str
+) -> None:
     """Warn (75 C) sends new simple requests to the cloud; critical (85 C) refuses new local
     work with 503, also for local-only requests; /health shows the state."""
     set_celsius(npu_temp, 79)
-    warm = await http.post("/v1/chat/completions", json=chat("auto", "What is 2 plus 2?"))
+    warm = await router_http.post("/v1/chat/completions", json=chat("auto", "What is 2 plus 2?"))
     assert warm.headers["x-edge-route"] == "cloud"
     assert warm.headers["x-edge-route-reason"] == "NPU hot at 79 C"
-    assert (await health_of(http))["npu"]["thermal_state"] == "warn"
+    assert (await health_of(router_http))["npu"]["thermal_state"] == "warn"
 
     set_celsius(npu_temp, 91)
-    pinned = await http.post("/v1/chat/completions", json=chat(model))
+    pinned = await router_http.post("/v1/chat/completions", json=chat(model))
     assert pinned.status_code == 503
     assert "NPU critical at 91 C" in pinned.json()["error"]["message"]
-    private = await http.post(
+    private = await router_http.post(
         "/v1/chat/completions", json=chat("auto"), headers={"x-edge-local-only": "1"}
     )
     assert private.status_code == 503
     assert int(private.headers["retry-after"]) >= 1
-    assert (await health_of(http))["npu"]["thermal_state"] == "critical"
+    assert (await health_of(router_http))["npu"]["thermal_state"] == "critical"
     assert len(fakes["flaky"].received) == 1  # only the warm request reached the cloud
