@@ -18,7 +18,7 @@ from edge_common.stack import StartError
 )
 async def test_no_credentials_no_bus(stack, creds: dict) -> None:
     """Without a service's password a client cannot even connect, so it cannot publish to
-    llm.chat or llm.cancel.*."""
+    llm.chat.* or llm.cancel.*."""
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(stack.nats.url, allow_reconnect=False, **creds)
 
@@ -46,15 +46,15 @@ class Bus:
             return await self.refusals.get()
 
 
-async def test_router_asks_but_cannot_serve_or_touch_the_lease(stack) -> None:
+async def test_router_asks_but_cannot_serve_or_touch_the_lease(stack, model: str) -> None:
     bus = Bus(stack, "router")
     async with bus as nc:
         # what the router does: ask the real worker (micro discovery answers)
         reply = await nc.request("$SRV.PING.llm", b"", timeout=5)
         assert json.loads(reply.data)["name"] == "llm"
         # a stolen router password still cannot pose as a worker or fake the NPU lease
-        await nc.subscribe(wire.CHAT_SUBJECT, queue="q")
-        assert 'violation for subscription to "llm.chat" using queue "q"' in await bus.refused()
+        await nc.subscribe(wire.chat_subject(model), queue="q")
+        assert f'subscription to "llm.chat.{model}" using queue "q"' in await bus.refused()
         await nc.publish("$KV.npu.board.lease.0", b"{}")
         assert 'permissions violation for publish to "$kv.npu.board.lease.0"' in await bus.refused()
         await nc.subscribe("_INBOX.llm.>")
@@ -62,7 +62,7 @@ async def test_router_asks_but_cannot_serve_or_touch_the_lease(stack) -> None:
     assert bus.refusals.empty()
 
 
-async def test_llm_serves_but_cannot_ask_or_read_the_routers_inbox(stack) -> None:
+async def test_llm_serves_but_cannot_ask_or_read_the_routers_inbox(stack, model: str) -> None:
     bus = Bus(stack, "llm")
     async with bus as nc:
         # what a worker does: answer on the router's inboxes
@@ -70,8 +70,10 @@ async def test_llm_serves_but_cannot_ask_or_read_the_routers_inbox(stack) -> Non
         await nc.flush()
         assert bus.refusals.empty()
         # but it cannot send chats to other workers, nor read the router's answers
-        await nc.publish(wire.CHAT_SUBJECT, b"")
-        assert await bus.refused() == 'nats: permissions violation for publish to "llm.chat"'
+        await nc.publish(wire.chat_subject(model), b"")
+        assert (
+            await bus.refused() == f'nats: permissions violation for publish to "llm.chat.{model}"'
+        )
         await nc.subscribe("_INBOX.router.>")
         assert "subscription to" in await bus.refused()
 

@@ -4,7 +4,8 @@ A real generation failure cannot be provoked in llama.cpp on demand, so a stand-
 joins the bus: it speaks the real llm wire protocol and fails where we tell it to.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -42,33 +43,63 @@ def test_no_llm_service_is_503_with_retry_after(bare, model: str) -> None:
     assert health["services"]["llm"]["reachable"] is False
 
 
-@pytest.fixture
-async def failing_worker(bare) -> AsyncIterator[list[int]]:
-    """A stand-in llm worker: accepts, streams `deltas` tokens, then reports a failure."""
-    nats, _ = bare
-    plan = [0]
+@asynccontextmanager
+async def stand_in(nats, model: str, events: Callable[[], list[wire.Event]]) -> AsyncIterator[None]:
+    """A stand-in llm worker serving `model`: accepts, then streams `events()`."""
 
     async def on_chat(req: Request) -> None:
         request = wire.decode_request(req.data)
         await req.respond(wire.encode(wire.Accepted(prompt_tokens=1)))
-        for _ in range(plan[0]):
-            await nc.publish(request.stream_to, wire.encode(wire.Delta(text="tok ")))
-        failed = wire.Failed(code="generation_failed", message="CUDA out of memory at 0x7f3a")
-        await nc.publish(request.stream_to, wire.encode(failed))
+        for event in events():
+            await nc.publish(request.stream_to, wire.encode(event))
 
-    cards = [wire.ModelCard(id="flaky", context_length=2048)]
+    cards = [wire.ModelCard(id=model, context_length=2048)]
     async with (
         bus.connect(nats.url, "llm", nats.passwords["EDGE_LLM_NATS_PASSWORD"]) as nc,
         bus.serve(
             nc,
             name="llm",
             version="0.0.1",
-            description="fails",
-            endpoints={wire.CHAT_SUBJECT: on_chat},
+            description="stand-in",
+            endpoints={wire.chat_subject(model): on_chat},
             metadata={"models": wire.models_encoder.encode(cards).decode()},
         ),
     ):
+        yield
+
+
+@pytest.fixture
+async def failing_worker(bare) -> AsyncIterator[list[int]]:
+    """Serves "flaky": streams `plan[0]` tokens, then reports a failure."""
+    plan = [0]
+
+    def events() -> list[wire.Event]:
+        failed = wire.Failed(code="generation_failed", message="CUDA out of memory at 0x7f3a")
+        return [*(wire.Delta(text="tok ") for _ in range(plan[0])), failed]
+
+    async with stand_in(bare[0], "flaky", events):
         yield plan
+
+
+async def test_workers_with_different_models_share_a_bus(bare) -> None:
+    """Two workers, each with its own model: every request reaches the one that has it."""
+
+    def answer(name: str) -> Callable[[], list[wire.Event]]:
+        return lambda: [
+            wire.Delta(text=f"I am {name}"),
+            wire.Done(finish_reason="stop", prompt_tokens=1, completion_tokens=3),
+        ]
+
+    nats, router = bare
+    async with (
+        stand_in(nats, "left", answer("left")),
+        stand_in(nats, "right.v2", answer("right")),
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        for model, name in [("left", "left"), ("right.v2", "right")] * 6:
+            body = {**BODY, "model": model}
+            reply = (await http.post("/v1/chat/completions", json=body)).json()
+            assert reply["choices"][0]["message"]["content"] == f"I am {name}"
 
 
 async def test_generation_error_is_500_without_internals(bare, failing_worker) -> None:

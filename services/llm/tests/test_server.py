@@ -1,7 +1,8 @@
 """The llm service's NATS protocol: accept or refuse at once, one generation at a time, cancel."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import msgspec
 import nats
@@ -15,10 +16,17 @@ from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 
 
+@pytest.fixture(scope="module")
+def own_bus(new_nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A bus of these tests' own: no other worker may join the queue groups they use."""
+    with new_nats(tmp_path_factory.mktemp("bus")) as nats_server:
+        yield nats_server
+
+
 @pytest.fixture
-async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
-    password = nats_server.passwords["EDGE_LLM_NATS_PASSWORD"]
-    async with bus.connect(nats_server.url, "llm", password) as nc:
+async def served(own_bus, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
+    password = own_bus.passwords["EDGE_LLM_NATS_PASSWORD"]
+    async with bus.connect(own_bus.url, "llm", password) as nc:
         lease = NpuLease(nc, board="llm-unit", owner="llm-test")
         await lease.start()
         residency = Residency({backend.card.id: backend}, pinned=backend.card.id)
@@ -30,17 +38,21 @@ async def served(nats_server, backend: Backend) -> AsyncIterator[tuple[Client, L
             name="llm",
             version="0.0.1",
             description="test",
-            endpoints={wire.CHAT_SUBJECT: server.on_chat},
+            endpoints={wire.chat_subject(backend.card.id): server.on_chat},
         ):
-            client = await nats.connect(nats_server.url, **nats_server.creds("router"))
+            client = await nats.connect(own_bus.url, **own_bus.creds("router"))
             yield client, server
             await client.drain()
         await sub.unsubscribe()
 
 
+MODEL = "smollm2-135m-instruct"
+SUBJECT = wire.chat_subject(MODEL)  # the served model's: the worker still checks the model
+
+
 def chat(request_id: str, stream_to: str, **kw: object) -> wire.ChatRequest:
     fields = {
-        "model": "smollm2-135m-instruct",
+        "model": MODEL,
         "messages": [wire.ChatMessage(role="user", content="Write a long story about a cat.")],
         "temperature": 0,
         **kw,
@@ -49,7 +61,7 @@ def chat(request_id: str, stream_to: str, **kw: object) -> wire.ChatRequest:
 
 
 async def submit(nc: Client, request: wire.ChatRequest) -> nats.aio.msg.Msg:
-    return await nc.request(wire.CHAT_SUBJECT, wire.encode(request), timeout=5)
+    return await nc.request(SUBJECT, wire.encode(request), timeout=5)
 
 
 async def events_until_end(sub) -> list[wire.Event]:
@@ -82,7 +94,7 @@ async def test_refusals_come_back_at_once(served, overrides: dict, code: str) ->
 async def test_garbage_request_is_invalid(served) -> None:
     """Bytes that are not a ChatRequest are refused as invalid_request."""
     nc, _ = served
-    reply = await nc.request(wire.CHAT_SUBJECT, b"\x93garbage", timeout=5)
+    reply = await nc.request(SUBJECT, b"\x93garbage", timeout=5)
     assert reply.headers[ERROR_CODE_HEADER] == "invalid_request"
 
 

@@ -3,8 +3,8 @@
 Versioning rule: a new field always gets a default so that older peers keep decoding.
 The llm protocol, per chat request:
 
-    router -> `llm.chat` (request/reply): ChatRequest, naming `stream_to`, an inbox the
-              router already listens on
+    router -> `llm.chat.<model>` (request/reply, see chat_subject): ChatRequest, naming
+              `stream_to`, an inbox the router already listens on
     worker -> reply: Accepted (the request is queued for generation), or a micro service
               error (headers Nats-Service-Error-Code / Nats-Service-Error) with a code below
     worker -> `stream_to`: Delta* then exactly one Done or Failed
@@ -18,7 +18,7 @@ import msgspec
 PROTOCOL_VERSION: Final = 1
 REQUEST_ID_HEADER: Final = "Edge-Request-Id"
 
-CHAT_SUBJECT: Final = "llm.chat"
+CHAT_PREFIX: Final = "llm.chat"
 CANCEL_PREFIX: Final = "llm.cancel"
 
 # Error codes carried in Failed.code and in micro error headers. The router maps them to
@@ -86,6 +86,17 @@ decode_request = msgspec.msgpack.Decoder(ChatRequest).decode
 decode_cancel = msgspec.msgpack.Decoder(Cancel).decode
 decode_accepted = msgspec.msgpack.Decoder(Accepted).decode
 decode_event = msgspec.msgpack.Decoder(Event).decode
+
+
+def chat_subject(model: str) -> str:
+    """`llm.chat.<model>`: each worker serves the subjects of its models (one queue group
+    each), so a request reaches only workers that have its model. The id is escaped into
+    one token of [A-Za-z0-9-_]: any other character, `_` included, as `_` + hex bytes."""
+    token = "".join(
+        c if c.isascii() and (c.isalnum() or c == "-") else "".join(f"_{b:02x}" for b in c.encode())
+        for c in model
+    )
+    return f"{CHAT_PREFIX}.{token}"
 
 
 def cancel_subject(request_id: str) -> str:

@@ -65,13 +65,14 @@ def create_app(settings: LlmSettings) -> Litestar:
             cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
             stack.push_async_callback(cancel_sub.unsubscribe)
             cards = [b.card for b in backends.values()]
+            endpoints = {wire.chat_subject(card.id): server.on_chat for card in cards}
             await stack.enter_async_context(
                 bus.serve(
                     nc,
                     name="llm",
                     version=VERSION,
                     description="Chat generation with token streaming",
-                    endpoints={wire.CHAT_SUBJECT: server.on_chat},
+                    endpoints=endpoints,
                     metadata={"models": wire.models_encoder.encode(cards).decode()},
                     stats=server.micro_stats,
                 )

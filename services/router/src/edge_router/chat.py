@@ -345,7 +345,7 @@ class ChatService:
         try:
             events = await self._llm.stream_chat(request)
         except Unavailable:
-            self._catalog.mark_down()
+            self._catalog.mark_down(request.model)
             raise
         return events
 

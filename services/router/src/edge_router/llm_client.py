@@ -1,8 +1,9 @@
 """The router's side of the llm protocol (edge_common.wire): stream one chat, discover models.
 
-`stream_chat` listens on a fresh inbox, asks `llm.chat` (a queue group: one worker takes
-it), and yields the worker's events. If the consumer stops early (client gone, error), the
-worker is told to cancel. Transport failures become ApiErrors here and nowhere else.
+`stream_chat` listens on a fresh inbox, asks `llm.chat.<model>` (a queue group of the
+workers serving that model: one takes it), and yields the worker's events. If the
+consumer stops early (client gone, error), the worker is told to cancel. Transport
+failures become ApiErrors here and nowhere else.
 """
 
 import asyncio
@@ -60,14 +61,16 @@ class LlmClient:
         headers = {wire.REQUEST_ID_HEADER: request.request_id}
         try:
             reply = await self._nc.request(
-                wire.CHAT_SUBJECT,
+                wire.chat_subject(request.model),
                 wire.encode(request),
                 timeout=self._accept_timeout,
                 headers=headers,
             )
         except NoRespondersError:
             await sub.unsubscribe()
-            raise unavailable("No llm service is running; try again shortly.") from None
+            raise unavailable(
+                f"No llm service serving `{request.model}` is running; try again shortly."
+            ) from None
         except NatsTimeout:
             await sub.unsubscribe()
             # the request may still be queued on a worker that is slow to answer

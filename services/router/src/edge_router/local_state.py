@@ -35,9 +35,12 @@ class LocalCatalog:
             found.switch_s,
         )
 
-    def mark_down(self) -> None:
-        """Nobody answered a request: local is down until discovery says otherwise."""
-        self.cards, self.instances, self.resident = {}, 0, set()
+    def mark_down(self, model: str) -> None:
+        """No worker answered a request for `model`: it is gone until discovery finds it."""
+        self.cards.pop(model, None)
+        self.resident.discard(model)
+        if not self.cards:
+            self.instances = 0
 
     def switch_costs(self) -> dict[str, float]:
         """Seconds a request for each non-resident model first spends loading it."""

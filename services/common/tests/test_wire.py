@@ -1,0 +1,14 @@
+"""Subjects made from model ids: one valid token each, and never the same for two ids."""
+
+import re
+
+from edge_common.wire import chat_subject
+
+IDS = ["qwen2.5-1.5b", "a.b", "a_2eb", "a_b", "org/model:q4", "café", "*", ">", "x y"]
+
+
+def test_chat_subjects_are_one_safe_token_per_model() -> None:
+    subjects = [chat_subject(model) for model in IDS]
+    assert all(re.fullmatch(r"llm\.chat\.[A-Za-z0-9_-]+", s) for s in subjects), subjects
+    assert len(set(subjects)) == len(IDS)
+    assert chat_subject("smollm2-135m-instruct") == "llm.chat.smollm2-135m-instruct"
