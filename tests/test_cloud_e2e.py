@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from fake_openai import FakeOpenAI, Fault
 from openai import APIError, AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 HARD = "Think step by step and analyse the trade-offs of microservices."
 
@@ -136,6 +137,30 @@ async def test_stream_relayed_chunk_by_chunk_with_usage(
     assert (sent["stream_options"], sent["seed"]) == ({"include_usage": True}, 3)
 
 
+def cloud_tokens(metrics: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "edge_tokens_total" and s.labels == {"route": "cloud", "kind": "completion"}
+    )
+
+
+async def test_stream_usage_is_counted_even_when_not_asked(
+    router_http: httpx.AsyncClient, fakes
+) -> None:
+    """Without include_usage the router asks the upstream for usage anyway (rate limits and
+    metrics need it) and keeps the usage chunk from the client, who did not ask for it."""
+    before = cloud_tokens((await router_http.get("/metrics")).text)
+    _, events = await sse_payloads(router_http, chat("cloud-small", stream=True))
+    upstream = fakes["fake"].sent[-1]
+    assert fakes["fake"].received[-1].body["stream_options"] == {"include_usage": True}
+    assert json.loads(upstream[-1])["choices"] == []  # the usage chunk...
+    assert events[:-1] == upstream[:-1]  # ...is the only one not relayed
+    assert events[-1] == b"[DONE]"
+    assert cloud_tokens((await router_http.get("/metrics")).text) == before + 5
+
+
 async def test_retry_after_is_honoured(router_http: httpx.AsyncClient, fakes) -> None:
     """A 429 with Retry-After: 1 is retried no sooner than a second later."""
     fakes["fake"].faults.append(Fault("status", status=429, retry_after="1"))
@@ -165,7 +190,7 @@ async def test_transient_failures_are_retried(
     fakes["fake"].faults.extend(faults)
     if stream:
         response, events = await sse_payloads(router_http, chat("cloud-small", stream=True))
-        assert events[:-1] == fakes["fake"].sent[-1]
+        assert events[:-1] == fakes["fake"].sent[-1][:-1]  # all but the usage we asked for
     else:
         response = await router_http.post("/v1/chat/completions", json=chat("cloud-small"))
         assert response.content == fakes["fake"].sent[-1][0]

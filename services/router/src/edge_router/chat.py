@@ -6,10 +6,11 @@ the llm wire events; cloud answers are the upstream's bytes, relayed unchanged.
 """
 
 import base64
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -168,6 +169,20 @@ def _usage(done: wire.Done) -> p.Usage:
 UsageSink = Callable[[p.Usage], None]
 
 
+async def _usage_taken(payloads: AsyncIterator[bytes], watcher: "Watcher") -> AsyncIterator[bytes]:
+    """A cloud stream with the usage chunk we asked for on the client's behalf: the usage
+    goes to `watcher`, the chunk (`choices: []`) not to the client, who did not ask."""
+    async with aclosing(payloads):
+        async for payload in payloads:
+            if b'"usage"' in payload:
+                with contextlib.suppress(msgspec.DecodeError):  # relayed as it is then
+                    chunk = p.read_answer(payload)
+                    if chunk.usage and not chunk.choices:
+                        watcher.counted(chunk.usage)
+                        continue
+            yield payload
+
+
 class Watcher(Protocol):
     """Hears what a request goes through (metrics.Observation)."""
 
@@ -175,7 +190,7 @@ class Watcher(Protocol):
         """It waited this long for a local slot."""
 
     def counted(self, usage: p.Usage) -> None:
-        """A local generation's token counts."""
+        """The token counts of a local generation or a cloud stream."""
 
 
 def _ignore(_: p.Usage) -> None:
@@ -278,7 +293,7 @@ class ChatService:
         caller: Caller,
         watcher: Watcher,
     ) -> Routed:
-        """Route and run; `watcher` hears the queue wait and token counts of local runs."""
+        """Route and run; `watcher` hears the queue wait and the token counts."""
         check(request, self._limits)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
@@ -319,9 +334,13 @@ class ChatService:
         if d.target == "cloud":
             assert d.upstream is not None
             body = {**raw, "model": d.model}
-            if request.stream:
+            if not request.stream:
+                return await self._cloud.complete(d.upstream, body)
+            if request.stream_options and request.stream_options.include_usage:
                 return await self._cloud.stream(d.upstream, body)
-            return await self._cloud.complete(d.upstream, body)
+            # ask for usage anyway (rate limits settle with it, metrics count it), keep it
+            body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
+            return _usage_taken(await self._cloud.stream(d.upstream, body), watcher)
         wire_request = to_wire(request, d.model, request_id)
         # the admission slot is held until the generation ends, streams included
         held = AsyncExitStack()

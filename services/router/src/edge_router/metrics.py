@@ -4,7 +4,6 @@ Events (requests, latencies, tokens) are counted as they happen by an Observatio
 request; state (queue, NPU temperature, cloud breakers and retries) is read at scrape time.
 """
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,25 +31,6 @@ TTFT = Histogram("edge_ttft_seconds", "Time to a stream's first token", ["route"
 TOKENS = Counter("edge_tokens", "Tokens processed", ["route", "kind"])
 
 
-class _Text(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Text | None = None
-    message: _Text | None = None
-
-
-class _Answer(msgspec.Struct):
-    """What an Observation reads of an answer or a stream chunk."""
-
-    usage: p.Usage | None = None
-    choices: list[_Choice] = msgspec.field(default_factory=list)
-
-
-_answer = msgspec.json.Decoder(_Answer).decode
-
-
 class Observation:
     """One chat request, from arrival to its last byte."""
 
@@ -70,18 +50,19 @@ class Observation:
         self.route, self.model = route, model
 
     def payload(self, raw: bytes) -> None:
-        """A body or an SSE payload on its way out: note first token and usage."""
-        if self.ttft_s is None and b'"content":"' in raw and b'"content":""' not in raw:
+        """A body or an SSE payload on its way out: note first token, usage and text.
+        Decoded, not searched: upstreams format their JSON as they like."""
+        try:
+            answer = p.read_answer(raw)
+        except msgspec.DecodeError:
+            return  # not ours to judge here
+        texts = answer.texts()
+        if self.ttft_s is None and texts:
             self.ttft_s = time.perf_counter() - self.started
             TTFT.labels(self.route).observe(self.ttft_s)
-        logged = self.messages is not None
-        if b'"usage":{' in raw or logged:
-            with contextlib.suppress(msgspec.DecodeError):  # not ours to judge here
-                answer = _answer(raw)
-                self.usage = answer.usage or self.usage
-                if logged:
-                    texts = (c.delta or c.message for c in answer.choices)
-                    self.completion += [t.content for t in texts if t and t.content]
+        self.usage = answer.usage or self.usage
+        if self.messages is not None:
+            self.completion += texts
 
     def queued(self, wait_s: float) -> None:
         self.queue_wait_s = wait_s

@@ -165,6 +165,27 @@ class ModelList(Out, kw_only=True):
     data: list[ModelObject]
 
 
+class _Text(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChoiceView(msgspec.Struct):
+    delta: _Text | None = None
+    message: _Text | None = None
+
+
+class AnswerView(msgspec.Struct):
+    """What the gateway reads of an answer or a stream chunk, ours or an upstream's."""
+
+    usage: Usage | None = None
+    choices: list[_ChoiceView] = msgspec.field(default_factory=list)
+
+    def texts(self) -> list[str]:
+        parts = (c.delta or c.message for c in self.choices)
+        return [t.content for t in parts if t and t.content]
+
+
+read_answer = msgspec.json.Decoder(AnswerView).decode
 encode = msgspec.json.Encoder().encode
 
 
