@@ -2,13 +2,15 @@
 
 `edge-ai up` and the test fixtures both use this, so tests run the stack the way users do.
 Each process gets its own session (a terminal's Ctrl-C reaches only the supervisor, which
-stops the services first and NATS last) and counts as started when its HTTP health
-endpoint answers 200.
+stops the services first and NATS last), is told to stop if its supervisor dies, and counts
+as started when its HTTP health endpoint answers 200.
 """
 
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StartError(RuntimeError):
@@ -83,6 +87,13 @@ class Proc:
         self.popen.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, however it dies (kill -9, a test run
+    cut short), so that no service outlives its supervisor. Linux only (prctl)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(
     name: str,
     argv: list[str],
@@ -97,6 +108,7 @@ def spawn(
         stderr=subprocess.STDOUT if output else None,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     return Proc(name, popen, Path(output.name) if output and isinstance(output.name, str) else None)
 
