@@ -251,7 +251,7 @@ class ChatService:
     async def state(self, model: str, caller: Caller) -> policy.State:
         known = model in policy.ALIASES or model in self._catalog.cards
         if (not known and model not in self._cloud.models()) or not self._catalog.cards:
-            await self._catalog.refresh()  # a worker may have come up since the last round
+            await self._catalog.refresh_on_miss()  # a worker may have come up since
         zone = npu_temperature(self._sysfs_root)
         return policy.State(
             local=policy.Local(

@@ -2,7 +2,8 @@
 switch costs, and how many workers there are.
 
 Refreshed from the llm services' micro STATS in the background, and at once when a request
-names a model it does not know.
+names a model it does not know (requests that miss together share one round: a flood of
+unknown names costs one round at a time, not one each).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ class LocalCatalog:
     def __init__(self, llm: LlmClient, window_s: float) -> None:
         self._llm = llm
         self._window_s = window_s
+        self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
         self.instances = 0
         self.resident: set[str] = set()
@@ -34,6 +36,13 @@ class LocalCatalog:
             found.resident,
             found.switch_s,
         )
+
+    async def refresh_on_miss(self) -> None:
+        """A request names a model nobody is known to serve: look again, or join the round
+        already under way."""
+        if self._miss_round is None or self._miss_round.done():
+            self._miss_round = asyncio.ensure_future(self.refresh())
+        await asyncio.shield(self._miss_round)
 
     def mark_down(self, model: str) -> None:
         """No worker answered a request for `model`: it is gone until discovery finds it."""
