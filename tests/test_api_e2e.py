@@ -111,6 +111,16 @@ def test_malformed_json_is_400(http: httpx.Client) -> None:
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_json")
 
 
+def test_models_retrieve(client: OpenAI, model: str) -> None:
+    """`models.retrieve` finds each listed model, aliases included; others are 404."""
+    for name in (model, "auto"):
+        found = client.models.retrieve(name)
+        assert (found.id, found.object) == (name, "model")
+    with pytest.raises(NotFoundError) as err:
+        client.models.retrieve("org/no-such-model")
+    assert err.value.code == "model_not_found"
+
+
 def test_unknown_model_is_404(client: OpenAI) -> None:
     """An unknown model is 404 model_not_found, as OpenAI answers."""
     with pytest.raises(NotFoundError) as err:

@@ -33,6 +33,12 @@ def test_no_server_errors_and_every_answer_as_documented(router_with, tmp_path: 
     assert run.returncode == 0, run.stdout[-6000:]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
-    assert int(suite.get("tests", 0)) == 4  # chat, explain, models, health: all tested
+    assert {case.get("name") for case in suite.iter("testcase")} >= {
+        "POST /v1/chat/completions",
+        "POST /v1/route/explain",
+        "GET /v1/models",
+        "GET /v1/models/{model}",
+        "GET /health",
+    }
     assert (int(suite.get("failures", -1)), int(suite.get("errors", -1))) == (0, 0)
     assert int(run.stdout.split(" generated")[0].rsplit(maxsplit=1)[-1]) >= 200, run.stdout

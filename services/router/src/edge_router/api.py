@@ -25,6 +25,7 @@ from edge_router.errors import (
     InvalidRequest,
     invalid_body,
     invalid_json,
+    model_not_found,
 )
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
@@ -172,8 +173,7 @@ async def explain_route(
     return await chat.explain(data, caller_of(request, settings))
 
 
-@get("/v1/models", responses=ERROR_RESPONSES)
-async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
+def _models(catalog: LocalCatalog, cloud: CloudClient) -> list[p.ModelObject]:
     aliases = [p.ModelObject(id=a, created=0, owned_by="edge", route=a) for a in policy.ALIASES]
     local = [
         p.ModelObject(id=c.id, created=c.created, owned_by=c.owned_by, route="local")
@@ -183,7 +183,27 @@ async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
         p.ModelObject(id=m, created=0, owned_by=upstream, route="cloud")
         for m, upstream in cloud.models().items()
     ]
-    return p.ModelList(data=[*aliases, *local, *remote])
+    return [*aliases, *local, *remote]
+
+
+@get("/v1/models", responses=ERROR_RESPONSES)
+async def list_models(catalog: LocalCatalog, cloud: CloudClient) -> p.ModelList:
+    return p.ModelList(data=_models(catalog, cloud))
+
+
+@get("/v1/models/{model:path}", responses=ERROR_RESPONSES)
+async def retrieve_model(model: str, catalog: LocalCatalog, cloud: CloudClient) -> p.ModelObject:
+    """One model of the list (ids may hold `/`)."""
+    model = model.removeprefix("/")
+
+    def find() -> p.ModelObject | None:
+        return next((m for m in _models(catalog, cloud) if m.id == model), None)
+
+    if not find():
+        await catalog.refresh_on_miss()  # a worker may have come up since
+    if found := find():
+        return found
+    raise model_not_found(model)
 
 
 @get("/health", responses=ERROR_RESPONSES)

@@ -14,7 +14,13 @@ from prometheus_client import REGISTRY
 
 from edge_router import openapi
 from edge_router.admission import Admission
-from edge_router.api import chat_completions, explain_route, health, list_models
+from edge_router.api import (
+    chat_completions,
+    explain_route,
+    health,
+    list_models,
+    retrieve_model,
+)
 from edge_router.auth import Auth
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
@@ -81,7 +87,7 @@ def create_app(settings: RouterSettings) -> Litestar:
         else None
     )
     app = Litestar(
-        [chat_completions, explain_route, list_models, health, metrics],
+        [chat_completions, explain_route, list_models, retrieve_model, health, metrics],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         lifespan=[lifespan],

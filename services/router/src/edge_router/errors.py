@@ -85,6 +85,14 @@ class NotFound(ApiError):
     type = "invalid_request_error"
 
 
+def model_not_found(model: str) -> NotFound:
+    return NotFound(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
 class Unavailable(ApiError):
     status = 503
     type = "server_error"

@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from edge_router import protocol as p
-from edge_router.errors import Forbidden, InvalidRequest, NotFound, unavailable
+from edge_router.errors import Forbidden, InvalidRequest, model_not_found, unavailable
 from edge_router.settings import PolicySettings
 
 Target = Literal["local", "cloud"]
@@ -266,11 +266,7 @@ def decide(model: str, f: Features, s: State, cfg: PolicySettings) -> Decision:
         return _pinned_local(_default_local(s) if model == "local" else model, f, s, cfg)
     if model == "cloud" or model in s.cloud.models:
         return _pinned_cloud(_default_cloud(s) if model == "cloud" else model, s)
-    raise NotFound(
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
+    raise model_not_found(model)
 
 
 def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings) -> Decision:
