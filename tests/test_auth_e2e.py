@@ -12,6 +12,7 @@ from edge_router.keys import main as keys_cli
 from fake_openai import FakeOpenAI
 
 TPM = 120
+APP_ORIGIN = "https://app.example"
 HARD = "Think step by step and analyse the trade-offs of microservices."
 
 
@@ -48,7 +49,9 @@ def keys(keys_file: Path) -> dict[str, str]:
 def router(router_with, keys, keys_file: Path, cloud: FakeOpenAI) -> str:
     upstream = {"name": "cloud", "base_url": cloud.url, "models": ["gpt-x"]}
     return router_with(
-        EDGE_ROUTER_KEYS_FILE=str(keys_file), EDGE_ROUTER_UPSTREAMS=json.dumps([upstream])
+        EDGE_ROUTER_KEYS_FILE=str(keys_file),
+        EDGE_ROUTER_UPSTREAMS=json.dumps([upstream]),
+        EDGE_ROUTER_CORS_ORIGINS=json.dumps([APP_ORIGIN]),
     ).url
 
 
@@ -204,3 +207,33 @@ async def test_parallel_limit_counts_open_streams(
         await stream.aread()
     after = await router_http.post("/v1/chat/completions", json=chat(model), headers=single)
     assert after.status_code == 200
+
+
+async def test_browser_apps_from_allowed_origins_only(
+    router_http: httpx.AsyncClient, keys, model: str
+) -> None:
+    """CORS: a preflight needs no key; the allowed origin may call and read our headers;
+    any other origin gets no CORS headers, so the browser keeps the answer from it."""
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+    }
+    ok = await router_http.options(
+        "/v1/chat/completions", headers={"origin": APP_ORIGIN, **preflight}
+    )
+    assert ok.status_code in (200, 204)
+    assert ok.headers["access-control-allow-origin"] == APP_ORIGIN
+    answer = await router_http.post(
+        "/v1/chat/completions",
+        json=chat(model),
+        headers={"origin": APP_ORIGIN, **bearer(keys["app"])},
+    )
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "x-request-id" in answer.headers["access-control-expose-headers"]
+    evil = await router_http.post(
+        "/v1/chat/completions",
+        json=chat(model),
+        headers={"origin": "https://evil.example", **bearer(keys["app"])},
+    )
+    assert "access-control-allow-origin" not in evil.headers

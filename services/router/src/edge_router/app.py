@@ -8,6 +8,7 @@ from pathlib import Path
 from edge_common import bus
 from edge_common.metrics import metrics
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from prometheus_client import REGISTRY
@@ -33,6 +34,18 @@ from edge_router.ratelimit import RateLimits
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
 
+EXPOSED = [  # response headers a browser app may read (CORS)
+    "x-request-id",
+    "x-edge-route",
+    "x-edge-route-reason",
+    "x-edge-model",
+    "retry-after",
+    *(
+        f"x-ratelimit-{w}-{k}"
+        for w in ("limit", "remaining", "reset")
+        for k in ("requests", "tokens")
+    ),
+]
 PROVIDED = ("chat", "catalog", "admission", "cloud", "limits")
 
 
@@ -99,6 +112,9 @@ def create_app(settings: RouterSettings) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         logging_config=None,  # edge_common.logs owns logging
         openapi_config=openapi.openapi_config(auth=auth is not None),
+        cors_config=CORSConfig(allow_origins=settings.cors_origins, expose_headers=EXPOSED)
+        if settings.cors_origins
+        else None,
     )
     openapi.complete(app, settings.limits, open_paths=auth.open_paths if auth else ())
     return app

@@ -106,6 +106,9 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     """Never send anything to the cloud, whatever the request."""
     limits: InputLimits = InputLimits()
     """Input limits as a JSON object (see InputLimits)."""
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    """Browser origins allowed to call the API (CORS), e.g. ["https://app.example"]; ["*"]
+    allows any; empty sends no CORS headers."""
     log_content: bool = False
     """Log each request's messages and completion text in its request.completed event;
     off, no prompt or completion text is ever logged."""
