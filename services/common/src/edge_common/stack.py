@@ -8,6 +8,7 @@ as started when its HTTP health endpoint answers 200.
 
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -118,12 +119,24 @@ NATS_USERS = ("router", "llm", "ops")
 """The users of nats.conf: one per service, and `ops` for operators."""
 
 
+NATS_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{15,}")
+"""nats-server reads a variable into its config as a bare word: one that looks like a number
+("12k", "-3", "9-a") is not a string. A letter first and only these characters is safe."""
+
+
 def nats_passwords(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Each NATS user's password variable (EDGE_<USER>_NATS_PASSWORD): taken from `env`
-    when set there, else a fresh random one."""
+    when set there (it must match NATS_PASSWORD), else a fresh random one."""
     env = os.environ if env is None else env
-    names = [f"EDGE_{user.upper()}_NATS_PASSWORD" for user in NATS_USERS]
-    return {name: env.get(name) or secrets.token_urlsafe(24) for name in names}
+    out = {}
+    for user in NATS_USERS:
+        name = f"EDGE_{user.upper()}_NATS_PASSWORD"
+        out[name] = env.get(name) or "p" + secrets.token_urlsafe(24)
+        if not NATS_PASSWORD.fullmatch(out[name]):
+            raise StartError(
+                f"{name}: use 16 or more letters, digits, - and _, starting with a letter"
+            )
+    return out
 
 
 def start_nats(
