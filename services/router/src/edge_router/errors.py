@@ -208,8 +208,10 @@ exception_handlers = {
 
 
 # What the OpenAPI document says errors look like: our shape, for every status we send.
+# No generated examples: they are random text, and making them imports polyfactory and
+# faker (+50 MB of router memory).
 ERROR_RESPONSES = {
-    status: ResponseSpec(data_container=ErrorBody, description=description)
+    status: ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
     for status, description in {
         400: "Invalid request (OpenAI error shape; param names the field)",
         401: "Missing, unknown or revoked API key",
