@@ -64,6 +64,8 @@ def create_app(settings: LlmSettings) -> Litestar:
             server = LlmServer(nc, residency, lease)
             cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
             stack.push_async_callback(cancel_sub.unsubscribe)
+            # on the way out: stop taking requests, then drain (cancels still heard), then go
+            stack.push_async_callback(server.drain, settings.shutdown_grace_s)
             cards = [b.card for b in backends.values()]
             endpoints = {wire.chat_subject(card.id): server.on_chat for card in cards}
             await stack.enter_async_context(

@@ -24,6 +24,7 @@ from edge_llm.residency import CannotFit, Residency
 
 log = structlog.get_logger(__name__)
 
+SHUTTING_DOWN = "The llm service shut down before this generation ended; try again."
 EARLY_CANCEL_TTL_S = 60.0
 EARLY_CANCEL_MAX = 1024
 
@@ -50,6 +51,7 @@ class LlmServer:
         self._queued = 0
         self._ended = {"completed": 0, "cancelled": 0, "failed": 0}
         self._ended_tokens = 0
+        self._draining = False
 
     def stats(self) -> Stats:
         current = self._current
@@ -61,6 +63,8 @@ class LlmServer:
         )
 
     async def on_chat(self, req: Request) -> None:
+        if self._draining:
+            raise ServiceError("unavailable", "The llm service is shutting down.")
         try:
             request = wire.decode_request(req.data)
         except msgspec.DecodeError as exc:
@@ -142,6 +146,12 @@ class LlmServer:
         except asyncio.CancelledError:
             if self._current is not generation:
                 self._queued -= 1  # cancelled while waiting for its turn: it never ran
+            if self._draining:  # not the caller's doing: tell it now, not at its idle timeout
+                self._finish(generation, "failed")
+                log.warning("llm.generation_stopped", reason="shutdown")
+                stopped = wire.Failed(code="unavailable", message=SHUTTING_DOWN)
+                await self._nc.publish(request.stream_to, wire.encode(stopped))
+                return
             self._finish(generation, "cancelled")
             log.info("llm.generation_cancelled", completion_tokens=generation.completion_tokens)
         except Exception:
@@ -149,6 +159,17 @@ class LlmServer:
             log.exception("llm.generation_failed")
             failed = wire.Failed(code="generation_failed", message="The model failed to generate.")
             await self._nc.publish(request.stream_to, wire.encode(failed))
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutting down (the micro service already stopped): what runs or waits may finish
+        within `grace_s`; what is left then ends with Failed(unavailable)."""
+        self._draining = True
+        if tasks := list(self._active.values()):
+            log.info("llm.draining", generations=len(tasks), grace_s=grace_s)
+            _, left = await asyncio.wait(tasks, timeout=grace_s)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
     def _finish(self, generation: Generation, outcome: str) -> None:
         if generation.outcome:
