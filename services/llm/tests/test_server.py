@@ -67,8 +67,15 @@ async def submit(nc: Client, request: wire.ChatRequest) -> nats.aio.msg.Msg:
 async def events_until_end(sub) -> list[wire.Event]:
     events: list[wire.Event] = []
     while not events or isinstance(events[-1], wire.Delta):
-        events.append(wire.decode_event((await sub.next_msg(timeout=30)).data))
+        events.append(await next_event(sub))
     return events
+
+
+async def next_event(sub) -> wire.Event:
+    """The next event that is not a keepalive."""
+    while isinstance(event := wire.decode_event((await sub.next_msg(timeout=30)).data), wire.Alive):
+        pass
+    return event
 
 
 @pytest.mark.parametrize(
@@ -124,7 +131,7 @@ async def test_cancel_stops_running_generation(served) -> None:
     sub = await nc.subscribe(nc.new_inbox())
     before = server.stats()
     await submit(nc, chat("running", sub.subject, max_tokens=1500))
-    first = wire.decode_event((await sub.next_msg(timeout=30)).data)
+    first = await next_event(sub)
     assert isinstance(first, wire.Delta)
     await nc.publish(wire.cancel_subject("running"), wire.encode(wire.Cancel(request_id="running")))
     reply = await submit(nc, chat("after", sub.subject, max_tokens=3))

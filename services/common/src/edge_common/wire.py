@@ -7,7 +7,9 @@ The llm protocol, per chat request:
               `stream_to`, an inbox the router already listens on
     worker -> reply: Accepted (the request is queued for generation), or a micro service
               error (headers Nats-Service-Error-Code / Nats-Service-Error) with a code below
-    worker -> `stream_to`: Delta* then exactly one Done or Failed
+    worker -> `stream_to`: Delta* then exactly one Done or Failed, and Alive every
+              ALIVE_INTERVAL_S while it holds the request (queued, loading, prefilling),
+              so that a router tells a dead worker from a slow one in seconds
     router -> `llm.cancel.<request_id>`: Cancel, when the client went away
 """
 
@@ -79,7 +81,13 @@ class Failed(Wire, tag="failed"):
     message: str
 
 
-Event = Delta | Done | Failed
+class Alive(Wire, tag="alive"):
+    """The worker still holds the request."""
+
+
+ALIVE_INTERVAL_S: Final = 1.0
+
+Event = Delta | Done | Failed | Alive
 
 encode = msgspec.msgpack.Encoder().encode
 decode_request = msgspec.msgpack.Decoder(ChatRequest).decode

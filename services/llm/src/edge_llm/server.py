@@ -119,6 +119,7 @@ class LlmServer:
         generation = Generation(backend, request, prompt)
         self._queued += 1
         queued_at = time.perf_counter()
+        alive = asyncio.create_task(self._keep_alive(request.stream_to))
         try:
             async with self._gpu, self._lease.hold(request.model) as npu:
                 metrics.LEASE_WAIT.observe(time.perf_counter() - queued_at)
@@ -159,6 +160,15 @@ class LlmServer:
             log.exception("llm.generation_failed")
             failed = wire.Failed(code="generation_failed", message="The model failed to generate.")
             await self._nc.publish(request.stream_to, wire.encode(failed))
+        finally:
+            alive.cancel()
+
+    async def _keep_alive(self, stream_to: str) -> None:
+        """Tell the router, every ALIVE_INTERVAL_S, that we still hold its request."""
+        alive = wire.encode(wire.Alive())
+        while True:
+            await asyncio.sleep(wire.ALIVE_INTERVAL_S)
+            await self._nc.publish(stream_to, alive)
 
     async def drain(self, grace_s: float) -> None:
         """Shutting down (the micro service already stopped): what runs or waits may finish

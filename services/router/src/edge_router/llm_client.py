@@ -95,6 +95,8 @@ class LlmClient:
                 except NatsTimeout:
                     raise ApiError("The llm service stopped responding.", code="timeout") from None
                 event = wire.decode_event(msg.data)
+                if isinstance(event, wire.Alive):
+                    continue
                 if isinstance(event, wire.Failed):
                     finished = True
                     raise from_wire(event.code, event.message, request_id)

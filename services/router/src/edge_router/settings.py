@@ -92,8 +92,9 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     """Root of the sysfs tree read for thermal zones (a fake tree in tests)."""
     accept_timeout_s: float = 5.0
     """How long a worker may take to accept a request before the router answers 503."""
-    idle_timeout_s: float = 60.0
-    """Longest silence between two tokens of a generation before it is abandoned."""
+    idle_timeout_s: float = 10.0
+    """Longest silence from the worker holding a request before it is given up as dead
+    (a live worker sends a token or a keepalive every second, even while queued or loading)."""
     discovery_window_s: float = 0.25
     """How long a discovery round gathers replies from running services."""
     discovery_interval_s: float = 2.0

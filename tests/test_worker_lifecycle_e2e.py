@@ -1,0 +1,107 @@
+"""An llm worker stopped (SIGTERM, as Docker or systemd do) or killed mid-generation, or
+slow to start one: streams end as soon as the router can know, never hang, and a slow
+worker is not mistaken for a dead one (it sends keepalives)."""
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from edge_common.npu_lease import NpuLease
+from nats import connect
+
+LONG = {"role": "user", "content": "Write a very long story about a lighthouse keeper."}
+
+
+def stream_and_stop(
+    router_url: str, worker, max_tokens: int, sig: int = signal.SIGTERM
+) -> list[dict | str]:
+    """Stream a chat; signal the worker once the first token arrived; all events."""
+    body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
+    events: list[dict | str] = []
+    with httpx.stream(
+        "POST", f"{router_url}/v1/chat/completions", json={**body, "max_tokens": max_tokens}
+    ) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+            if len(events) == 2:  # the role chunk, then the first token
+                worker.proc.popen.send_signal(sig)
+    return events
+
+
+@pytest.mark.parametrize(
+    ("grace_s", "max_tokens", "ends"),
+    [("30", 24, "completed"), ("0.2", 2000, "stopped")],
+    ids=["finishes-within-grace", "stopped-after-grace"],
+)
+def test_worker_shutdown_mid_stream(
+    launch, new_nats, tmp_path: Path, grace_s: str, max_tokens: int, ends: str
+) -> None:
+    with new_nats(tmp_path) as nats:
+        env = {**nats.env, "EDGE_LLM_SHUTDOWN_GRACE_S": grace_s}
+        worker = launch("llm", tmp_path, env)
+        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "60"})
+        try:
+            events = stream_and_stop(router.url, worker, max_tokens)
+            assert worker.proc.popen.wait(30) is not None
+        finally:
+            router.proc.stop()
+            worker.proc.stop()
+    if ends == "completed":
+        assert events[-1] == "[DONE]"
+        assert events[-2]["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+    else:
+        error = events[-1]["error"]  # type: ignore[index]
+        assert error["code"] == "service_unavailable"
+        assert "shut down" in error["message"]
+        assert len(events) < max_tokens
+    assert [e for e in worker.log_events() if e["event"] == "llm.draining"]
+
+
+def test_killed_worker_ends_the_stream_at_the_idle_timeout(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """kill -9 mid-stream: no keepalive comes any more, so the router ends the stream with
+    a timeout error after its idle timeout (here 2 s), whatever was asked for."""
+    with new_nats(tmp_path) as nats:
+        worker = launch("llm", tmp_path, nats.env)
+        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "2"})
+        try:
+            events = stream_and_stop(router.url, worker, 2000, signal.SIGKILL)
+        finally:
+            router.proc.stop()
+    assert events[-1]["error"]["code"] == "timeout"  # type: ignore[index]
+
+
+async def test_a_worker_waiting_for_the_npu_is_not_taken_for_dead(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """The NPU is held elsewhere (vision, say) for longer than the router's idle timeout:
+    the worker's keepalives carry the request through the wait, and it completes."""
+    with new_nats(tmp_path) as nats:
+        env = {**nats.env, "EDGE_LLM_BOARD": "busy-board"}
+        worker = launch("llm", tmp_path, env)
+        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "1.5"})
+        nc = await connect(nats.url, **nats.creds("llm"))
+        other = NpuLease(nc, board="busy-board", owner="vision")
+        await other.start()
+        try:
+            async with httpx.AsyncClient(base_url=router.url, timeout=30) as http:
+                async with other.hold("yolo"):
+                    body = {"model": "smollm2-135m-instruct", "messages": [LONG], "max_tokens": 4}
+                    answer = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+                    await other.wait_until(lambda s: bool(s.waiting))  # the worker queued
+                    await asyncio.sleep(3)  # the scenario: the NPU stays busy 2x idle timeout
+                response = await answer
+        finally:
+            await other.stop()
+            await nc.close()
+            router.proc.stop()
+            worker.proc.stop()
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 4
