@@ -1,6 +1,8 @@
 """Messages that cross a process boundary, msgpack-encoded on NATS.
 
 Versioning rule: a new field always gets a default so that older peers keep decoding.
+Version 2 (per-model subjects, Alive events) does not talk to version 1: upgrade the
+services of a bus together.
 The llm protocol, per chat request:
 
     router -> `llm.chat.<model>` (request/reply, see chat_subject): ChatRequest, naming
@@ -17,7 +19,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 REQUEST_ID_HEADER: Final = "Edge-Request-Id"
 
 CHAT_PREFIX: Final = "llm.chat"
