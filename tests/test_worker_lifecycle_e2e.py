@@ -105,3 +105,32 @@ async def test_a_worker_waiting_for_the_npu_is_not_taken_for_dead(
             worker.proc.stop()
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 4
+
+
+async def test_worker_stops_generating_when_its_router_dies(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """kill -9 of the router mid-stream (no cancel is ever sent): the worker's next
+    keepalive finds nobody listening, so it stops and frees the NPU (generating on would
+    hold it ~25 s for nobody)."""
+    with new_nats(tmp_path) as nats:
+        worker = launch("llm", tmp_path, {**nats.env, "EDGE_LLM_BOARD": "orphan-board"})
+        router = launch("router", tmp_path, nats.env)
+        nc = await connect(nats.url, **nats.creds("llm"))
+        observer = NpuLease(nc, board="orphan-board", owner="observer")
+        await observer.start()
+        body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
+        try:
+            async with (
+                httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+                http.stream("POST", "/v1/chat/completions", json={**body, "max_tokens": 2000}),
+            ):
+                await observer.wait_until(lambda s: bool(s.held))
+                router.proc.kill()
+            async with asyncio.timeout(10):
+                await observer.wait_until(lambda s: not s.held)
+        finally:
+            await observer.stop()
+            await nc.close()
+            worker.proc.stop()
+    assert [e for e in worker.log_events() if e["event"] == "llm.caller_gone"]

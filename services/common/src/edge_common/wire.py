@@ -11,7 +11,8 @@ The llm protocol, per chat request:
               error (headers Nats-Service-Error-Code / Nats-Service-Error) with a code below
     worker -> `stream_to`: Delta* then exactly one Done or Failed, and Alive every
               ALIVE_INTERVAL_S while it holds the request (queued, loading, prefilling),
-              so that a router tells a dead worker from a slow one in seconds
+              as a request the router answers: the router tells a dead worker from a slow
+              one in seconds, and the worker learns at once when no router listens
     router -> `llm.cancel.<request_id>`: Cancel, when the client went away
 """
 

@@ -15,6 +15,8 @@ from edge_common import wire
 from edge_common.npu_lease import LeaseLost, NpuLease
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import Request, ServiceError
 
 from edge_llm import metrics
@@ -119,7 +121,9 @@ class LlmServer:
         generation = Generation(backend, request, prompt)
         self._queued += 1
         queued_at = time.perf_counter()
-        alive = asyncio.create_task(self._keep_alive(request.stream_to))
+        this = asyncio.current_task()
+        assert this is not None
+        alive = asyncio.create_task(self._keep_alive(request.stream_to, this))
         try:
             async with self._gpu, self._lease.hold(request.model) as npu:
                 metrics.LEASE_WAIT.observe(time.perf_counter() - queued_at)
@@ -163,12 +167,21 @@ class LlmServer:
         finally:
             alive.cancel()
 
-    async def _keep_alive(self, stream_to: str) -> None:
-        """Tell the router, every ALIVE_INTERVAL_S, that we still hold its request."""
+    async def _keep_alive(self, stream_to: str, run: asyncio.Task[None]) -> None:
+        """Tell the router, every ALIVE_INTERVAL_S, that we still hold its request; as a
+        request, so that NATS says at once when nobody listens any more (the router died
+        or lost the bus): then `run` is cancelled instead of generating for nobody."""
         alive = wire.encode(wire.Alive())
         while True:
             await asyncio.sleep(wire.ALIVE_INTERVAL_S)
-            await self._nc.publish(stream_to, alive)
+            try:
+                await self._nc.request(stream_to, alive, timeout=wire.ALIVE_INTERVAL_S)
+            except NoRespondersError:
+                log.warning("llm.caller_gone")
+                run.cancel()
+                return
+            except NatsTimeout:
+                pass  # the router is busy; it still listens
 
     async def drain(self, grace_s: float) -> None:
         """Shutting down (the micro service already stopped): what runs or waits may finish

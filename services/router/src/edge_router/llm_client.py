@@ -96,6 +96,7 @@ class LlmClient:
                     raise ApiError("The llm service stopped responding.", code="timeout") from None
                 event = wire.decode_event(msg.data)
                 if isinstance(event, wire.Alive):
+                    await msg.respond(b"")  # we still listen
                     continue
                 if isinstance(event, wire.Failed):
                     finished = True
