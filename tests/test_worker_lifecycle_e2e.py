@@ -134,3 +134,32 @@ async def test_worker_stops_generating_when_its_router_dies(
             await nc.close()
             worker.proc.stop()
     assert [e for e in worker.log_events() if e["event"] == "llm.caller_gone"]
+
+
+async def test_router_shutdown_ends_streams_within_its_grace(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """SIGTERM to the router mid-stream with a 0.5 s grace: it exits (it would otherwise
+    wait ~25 s for the stream to end) and the worker stops generating, freeing the NPU."""
+    with new_nats(tmp_path) as nats:
+        worker = launch("llm", tmp_path, {**nats.env, "EDGE_LLM_BOARD": "router-stop"})
+        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_SHUTDOWN_GRACE_S": "0.5"})
+        nc = await connect(nats.url, **nats.creds("llm"))
+        observer = NpuLease(nc, board="router-stop", owner="observer")
+        await observer.start()
+        body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
+        try:
+            async with (
+                httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+                http.stream("POST", "/v1/chat/completions", json={**body, "max_tokens": 2000}),
+            ):
+                await observer.wait_until(lambda s: bool(s.held))
+                router.proc.popen.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(router.proc.popen.wait, 10) is not None
+            async with asyncio.timeout(10):
+                await observer.wait_until(lambda s: not s.held)
+        finally:
+            await observer.stop()
+            await nc.close()
+            router.proc.stop()
+            worker.proc.stop()

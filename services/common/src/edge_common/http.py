@@ -26,5 +26,6 @@ def main(service: str, settings_cls: type[S], create_app: Callable[[S], Litestar
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         lifespan="on",
     )

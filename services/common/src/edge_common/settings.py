@@ -32,6 +32,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Port the service's HTTP server listens on."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""
+    shutdown_grace_s: float = 8.0
+    """On SIGTERM, what is under way (the router's client streams, the llm's generations)
+    gets this long to finish; then it is ended. Keep it below the supervisor's stop
+    timeout (Docker's is 10 s)."""
 
 
 class SettingsError(ValueError):

@@ -35,10 +35,6 @@ class LlmSettings(ServiceSettings, frozen=True, kw_only=True):
     """Jobs the NPU may run at once (2 when vision is pinned to one core, LLM to the other)."""
     lease_ttl_s: float = 5.0
     """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
-    shutdown_grace_s: float = 8.0
-    """On shutdown, generations running or queued get this long to finish; the rest end
-    with an error their callers see at once. Keep it below the supervisor's stop timeout
-    (Docker's is 10 s)."""
 
 
 def resolve_models(settings: LlmSettings, root: Path = Path("/")) -> list[ModelSpec]:
