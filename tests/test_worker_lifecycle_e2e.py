@@ -5,24 +5,27 @@ worker is not mistaken for a dead one (it sends keepalives)."""
 import asyncio
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from edge_common.npu_lease import NpuLease
+from edge_common.stack import Proc
 from nats import connect
 
 LONG = {"role": "user", "content": "Write a very long story about a lighthouse keeper."}
+# Greedy, so that a generation runs to max_tokens (sampled, it may end at any point)
+STREAM = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True, "temperature": 0}
 
 
 def stream_and_stop(
     router_url: str, worker, max_tokens: int, sig: int = signal.SIGTERM
 ) -> list[dict | str]:
     """Stream a chat; signal the worker once the first token arrived; all events."""
-    body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
     events: list[dict | str] = []
     with httpx.stream(
-        "POST", f"{router_url}/v1/chat/completions", json={**body, "max_tokens": max_tokens}
+        "POST", f"{router_url}/v1/chat/completions", json={**STREAM, "max_tokens": max_tokens}
     ) as response:
         for line in response.iter_lines():
             if not line.startswith("data: "):
@@ -93,7 +96,7 @@ async def test_a_worker_waiting_for_the_npu_is_not_taken_for_dead(
         try:
             async with httpx.AsyncClient(base_url=router.url, timeout=30) as http:
                 async with other.hold("yolo"):
-                    body = {"model": "smollm2-135m-instruct", "messages": [LONG], "max_tokens": 4}
+                    body = {**STREAM, "stream": False, "max_tokens": 4}
                     answer = asyncio.create_task(http.post("/v1/chat/completions", json=body))
                     await other.wait_until(lambda s: bool(s.waiting))  # the worker queued
                     await asyncio.sleep(3)  # the scenario: the NPU stays busy 2x idle timeout
@@ -107,55 +110,25 @@ async def test_a_worker_waiting_for_the_npu_is_not_taken_for_dead(
     assert response.json()["usage"]["completion_tokens"] == 4
 
 
-async def test_worker_stops_generating_when_its_router_dies(
-    launch, new_nats, tmp_path: Path
-) -> None:
-    """kill -9 of the router mid-stream (no cancel is ever sent): the worker's next
-    keepalive finds nobody listening, so it stops and frees the NPU (generating on would
-    hold it ~25 s for nobody)."""
-    with new_nats(tmp_path) as nats:
-        worker = launch("llm", tmp_path, {**nats.env, "EDGE_LLM_BOARD": "orphan-board"})
-        router = launch("router", tmp_path, nats.env)
-        nc = await connect(nats.url, **nats.creds("llm"))
-        observer = NpuLease(nc, board="orphan-board", owner="observer")
-        await observer.start()
-        body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
-        try:
-            async with (
-                httpx.AsyncClient(base_url=router.url, timeout=30) as http,
-                http.stream("POST", "/v1/chat/completions", json={**body, "max_tokens": 2000}),
-            ):
-                await observer.wait_until(lambda s: bool(s.held))
-                router.proc.kill()
-            async with asyncio.timeout(10):
-                await observer.wait_until(lambda s: not s.held)
-        finally:
-            await observer.stop()
-            await nc.close()
-            worker.proc.stop()
-    assert [e for e in worker.log_events() if e["event"] == "llm.caller_gone"]
-
-
-async def test_router_shutdown_ends_streams_within_its_grace(
-    launch, new_nats, tmp_path: Path
-) -> None:
-    """SIGTERM to the router mid-stream with a 0.5 s grace: it exits (it would otherwise
-    wait ~25 s for the stream to end) and the worker stops generating, freeing the NPU."""
-    with new_nats(tmp_path) as nats:
-        worker = launch("llm", tmp_path, {**nats.env, "EDGE_LLM_BOARD": "router-stop"})
-        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_SHUTDOWN_GRACE_S": "0.5"})
+async def npu_freed_after_router_stop(
+    launch, new_nats, root: Path, router_env: dict[str, str], stop: Callable[[Proc], None]
+):
+    """A long stream through a bus, worker and router of its own; once the worker holds the
+    NPU, `stop(router process)`. Returns the worker once the NPU is free again, which must
+    be within 10 s (finishing the generation would take ~25 s)."""
+    with new_nats(root) as nats:
+        worker = launch("llm", root, {**nats.env, "EDGE_LLM_BOARD": "router-stop"})
+        router = launch("router", root, {**nats.env, **router_env})
         nc = await connect(nats.url, **nats.creds("llm"))
         observer = NpuLease(nc, board="router-stop", owner="observer")
         await observer.start()
-        body = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True}
         try:
             async with (
                 httpx.AsyncClient(base_url=router.url, timeout=30) as http,
-                http.stream("POST", "/v1/chat/completions", json={**body, "max_tokens": 2000}),
+                http.stream("POST", "/v1/chat/completions", json={**STREAM, "max_tokens": 2000}),
             ):
                 await observer.wait_until(lambda s: bool(s.held))
-                router.proc.popen.send_signal(signal.SIGTERM)
-                assert await asyncio.to_thread(router.proc.popen.wait, 10) is not None
+                await asyncio.to_thread(stop, router.proc)
             async with asyncio.timeout(10):
                 await observer.wait_until(lambda s: not s.held)
         finally:
@@ -163,3 +136,28 @@ async def test_router_shutdown_ends_streams_within_its_grace(
             await nc.close()
             router.proc.stop()
             worker.proc.stop()
+    return worker
+
+
+async def test_worker_stops_generating_when_its_router_dies(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """kill -9 of the router mid-stream (no cancel is ever sent): the worker's next
+    keepalive finds nobody listening, so it stops and frees the NPU."""
+    worker = await npu_freed_after_router_stop(launch, new_nats, tmp_path, {}, Proc.kill)
+    assert [e for e in worker.log_events() if e["event"] == "llm.caller_gone"]
+
+
+async def test_router_shutdown_ends_streams_within_its_grace(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """SIGTERM to the router mid-stream with a 0.5 s grace: it exits (it would otherwise
+    wait ~25 s for the stream to end) and its generation is cancelled."""
+
+    def sigterm(router: Proc) -> None:
+        router.popen.send_signal(signal.SIGTERM)
+        assert router.popen.wait(10) is not None
+
+    grace = {"EDGE_ROUTER_SHUTDOWN_GRACE_S": "0.5"}
+    worker = await npu_freed_after_router_stop(launch, new_nats, tmp_path, grace, sigterm)
+    assert [e for e in worker.log_events() if e["event"] == "llm.generation_cancelled"]

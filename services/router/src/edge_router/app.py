@@ -59,6 +59,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             llm = LlmClient(
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )
+            stack.push_async_callback(llm.aclose)  # before the bus drains
             cloud = CloudClient(settings.upstreams)
             stack.push_async_callback(cloud.aclose)
             catalog = LocalCatalog(llm, settings.discovery_window_s)

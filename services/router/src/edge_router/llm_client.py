@@ -7,13 +7,20 @@ failures become ApiErrors here and nowhere else.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
 from edge_common import wire
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
+from nats.aio.subscription import Subscription
+from nats.errors import (
+    BadSubscriptionError,
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    NoRespondersError,
+)
 from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
@@ -52,11 +59,24 @@ class LlmClient:
         self._nc = nc
         self._accept_timeout = accept_timeout
         self._idle_timeout = idle_timeout
+        self._streams: set[Subscription] = set()
+
+    async def aclose(self) -> None:
+        """Stop listening to the streams still open (shutting down), so that the bus drains
+        at once instead of waiting for events nobody will read."""
+        for sub in list(self._streams):
+            await self._drop(sub)
+
+    async def _drop(self, sub: Subscription) -> None:
+        self._streams.discard(sub)
+        with contextlib.suppress(BadSubscriptionError, ConnectionClosedError):
+            await sub.unsubscribe()
 
     async def stream_chat(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
         """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
+        self._streams.add(sub)
         request = msgspec.structs.replace(request, stream_to=inbox)
         headers = {wire.REQUEST_ID_HEADER: request.request_id}
         try:
@@ -67,17 +87,17 @@ class LlmClient:
                 headers=headers,
             )
         except NoRespondersError:
-            await sub.unsubscribe()
+            await self._drop(sub)
             raise unavailable(
                 f"No llm service serving `{request.model}` is running; try again shortly."
             ) from None
         except NatsTimeout:
-            await sub.unsubscribe()
+            await self._drop(sub)
             # the request may still be queued on a worker that is slow to answer
             await self._cancel(request.request_id)
             raise unavailable("The llm service did not answer in time.") from None
         if reply.headers and ERROR_CODE_HEADER in reply.headers:
-            await sub.unsubscribe()
+            await self._drop(sub)
             raise from_wire(
                 reply.headers[ERROR_CODE_HEADER],
                 reply.headers.get(ERROR_HEADER, ""),
@@ -111,8 +131,10 @@ class LlmClient:
 
     async def _close(self, request_id: str, sub, finished: bool) -> None:
         if not finished:
-            await self._cancel(request_id)
-        await sub.unsubscribe()
+            # shutting down, the bus may be gone: the worker then notices by its keepalives
+            with contextlib.suppress(ConnectionClosedError, ConnectionDrainingError):
+                await self._cancel(request_id)
+        await self._drop(sub)
 
     async def _cancel(self, request_id: str) -> None:
         log.info("router.cancel_sent", request_id=request_id)
