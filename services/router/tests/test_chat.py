@@ -6,8 +6,9 @@ import msgspec
 import pytest
 from edge_common import wire
 from edge_router import protocol as p
-from edge_router.chat import chunks, to_wire
+from edge_router.chat import check, chunks, to_wire
 from edge_router.errors import InvalidRequest
+from edge_router.settings import InputLimits
 
 decode_request = msgspec.json.Decoder(p.ChatCompletionRequest).decode
 
@@ -85,8 +86,22 @@ def test_sampling_fields_carry_over(body: dict, expected: dict) -> None:
 def test_unsupported_requests_name_the_field(body: dict, param: str) -> None:
     """What the local model cannot do is a 400 naming the field, not a silent drop."""
     with pytest.raises(InvalidRequest) as err:
-        to_wire(req(**body), "m", "rid")
+        checked_to_wire(req(**body))
     assert err.value.param == param
+
+
+def checked_to_wire(request: p.ChatCompletionRequest) -> wire.ChatRequest:
+    """What ChatService.handle does to a request it sends to a local worker."""
+    check(request, InputLimits())
+    return to_wire(request, "m", "rid")
+
+
+def test_configured_limits_hold_on_the_local_path() -> None:
+    """Limits raised above the defaults are the ones that count (to_wire used to check
+    again against the defaults, and refused what the configuration allowed)."""
+    request = req(max_tokens=40_000)
+    check(request, InputLimits(max_tokens=65_536))
+    assert to_wire(request, "m", "rid").max_tokens == 40_000
 
 
 async def events(*items: wire.Delta | wire.Done) -> AsyncIterator[wire.Delta | wire.Done]:

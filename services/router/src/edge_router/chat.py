@@ -86,9 +86,6 @@ def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
     return out
 
 
-DEFAULT_LIMITS = InputLimits()
-
-
 def _check_image(url: str, limits: InputLimits, param: str) -> None:
     """An inline image: base64, within the size limit, readable, within the pixel limit.
     Only its header is read (no decoding of pixels)."""
@@ -118,7 +115,7 @@ def _check_image(url: str, limits: InputLimits, param: str) -> None:
         )
 
 
-def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS) -> None:
+def check(request: p.ChatCompletionRequest, limits: InputLimits) -> None:
     """What no target accepts, whatever the route."""
     if len(request.messages) > limits.max_messages:
         raise InvalidRequest(
@@ -141,7 +138,7 @@ def check(request: p.ChatCompletionRequest, limits: InputLimits = DEFAULT_LIMITS
 
 
 def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> wire.ChatRequest:
-    check(request)
+    """A checked request (see `check`) as the llm worker takes it."""
     for name in ("tools", "response_format", "logprobs"):
         if getattr(request, name):
             raise _unsupported(name, name)
@@ -331,12 +328,13 @@ class ChatService:
         caller: Caller,
         watcher: Watcher,
     ) -> Body:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
         if d.target == "cloud":
             assert d.upstream is not None
             body = {**raw, "model": d.model}
             if not request.stream:
                 return await self._cloud.complete(d.upstream, body)
-            if request.stream_options and request.stream_options.include_usage:
+            if include_usage:
                 return await self._cloud.stream(d.upstream, body)
             # ask for usage anyway (rate limits settle with it, metrics count it), keep it
             body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
@@ -352,9 +350,6 @@ class ChatService:
             watcher.queued(time.perf_counter() - arrived)
             events = await self._submit(wire_request)
             if request.stream:
-                include_usage = bool(
-                    request.stream_options and request.stream_options.include_usage
-                )
                 return self._local_stream(
                     wire_request, include_usage, events, held.pop_all(), watcher.counted
                 )
