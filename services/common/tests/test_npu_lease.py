@@ -1,4 +1,5 @@
-"""The NPU lease on a real nats-server: exclusion, crash recovery, FIFO, stale holders, slots."""
+"""The NPU lease on a real nats-server: exclusion, crash recovery, FIFO, stale holders, slots,
+long idle periods, a nats-server restart and a changed TTL."""
 
 import asyncio
 import contextlib
@@ -11,11 +12,14 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import nats
 import pytest
-from edge_common.npu_lease import LeaseLost, NpuLease
+from edge_common import bus
+from edge_common.npu_lease import BUCKET, LeaseLost, NpuLease
+from nats.js.errors import NotFoundError
 
 WORKER = Path(__file__).with_name("lease_worker.py")
 TTL = 1.0
@@ -188,3 +192,84 @@ async def _hold_until_cancelled(lease: NpuLease, entered: asyncio.Event) -> None
 async def _hold_once(lease: NpuLease) -> None:
     async with lease.hold("m"):
         pass
+
+
+async def _forgotten(nc: nats.NATS, bucket: str, key: str) -> None:
+    """Until the server has dropped every trace of `key`: its tombstone ages out into a limit
+    marker, which expires in turn (without any watcher event)."""
+    js = nc.jetstream()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+            except NotFoundError:
+                return
+            await asyncio.sleep(0.1)  # polling the server: it tells no one when a marker expires
+
+
+@pytest.mark.parametrize("taker", ["same", "other"])
+async def test_the_slot_is_taken_promptly_after_long_idle(make_lease, board, bucket, taker) -> None:
+    """After a release and idle periods longer than twice the TTL and the marker TTL (the key's
+    tombstone and then its expiry marker are gone), the slot is taken at once: by the
+    long-lived lease that held it, or by another one that saw the release."""
+    first = await make_lease("first")
+    await _hold_once(first)
+    lease = first if taker == "same" else await make_lease("other")
+    for _ in range(2):
+        await asyncio.sleep(2.5 * TTL)  # idle: the scenario itself (marker TTL = TTL here)
+        await _forgotten(first._nc, bucket, f"{board}.lease.0")
+        async with asyncio.timeout(TTL / 2):  # a stale revision used to loop here for ever
+            await _hold_once(lease)
+
+
+RESTART_TTL = 3.0
+
+
+async def _bus_lease(stack: AsyncExitStack, server, owner: str, **kw) -> NpuLease:
+    """A lease on a connection made as services make theirs (reconnecting for ever)."""
+    password = server.passwords["EDGE_OPS_NATS_PASSWORD"]
+    nc = await stack.enter_async_context(bus.connect(server.url, "ops", password))
+    lease = NpuLease(nc, owner=owner, **kw)
+    await lease.start()
+    stack.push_async_callback(lease.stop)
+    return lease
+
+
+async def test_the_lease_survives_a_nats_restart(new_nats, tmp_path, board, bucket) -> None:
+    """nats-server stops and starts again on its store: the holder keeps its lease through
+    the outage, a waiter queued before it is woken by the release, the slot is taken again."""
+    with new_nats(tmp_path) as server:
+        async with AsyncExitStack() as stack:
+            kw = {"board": board, "bucket": bucket, "ttl_s": RESTART_TTL}
+            holder = await _bus_lease(stack, server, "holder", **kw)
+            waiter = await _bus_lease(stack, server, "waiter", **kw)
+            async with holder.hold("m") as held:
+                queued = asyncio.create_task(_hold_once(waiter))
+                await until(holder, lambda lease: lease.status().waiting == ["waiter"])
+                await asyncio.to_thread(server.proc.stop)
+                await asyncio.sleep(RESTART_TTL / 2)  # down while a heartbeat falls due
+                await asyncio.to_thread(server.restart)
+                await asyncio.sleep(RESTART_TTL)  # past the TTL: only heartbeats kept the key
+                assert not held.lost.is_set()
+                await held.heartbeat()  # the server still has the key as ours
+                assert not queued.done()
+            async with asyncio.timeout(RESTART_TTL / 2):  # far sooner than an expiry
+                await queued
+                await _hold_once(holder)
+
+
+async def test_a_changed_ttl_retunes_the_existing_bucket(new_nats, tmp_path, board) -> None:
+    """A worker started with another lease TTL on an existing bucket (as user llm) starts,
+    the bucket then has the new TTL, and the lease works."""
+    with new_nats(tmp_path) as server:
+        async with AsyncExitStack() as stack:
+            password = server.passwords["EDGE_LLM_NATS_PASSWORD"]
+            nc = await stack.enter_async_context(bus.connect(server.url, "llm", password))
+            for ttl in (5.0, 2.0):
+                lease = NpuLease(nc, board=board, owner=f"ttl{ttl}", ttl_s=ttl)
+                await lease.start()
+                stack.push_async_callback(lease.stop)
+            config = (await nc.jetstream().stream_info(f"KV_{BUCKET}")).config
+            assert (config.max_age, config.subject_delete_marker_ttl) == (2.0, 2.0)
+            async with asyncio.timeout(1):
+                await _hold_once(lease)

@@ -6,7 +6,8 @@ one place that knows how to reach the bus.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +19,18 @@ from nats.micro.request import Handler
 from nats.micro.service import EndpointStats, Service
 
 log = structlog.get_logger(__name__)
+
+
+Listener = Callable[[], Awaitable[None]]
+_reconnect_listeners: "weakref.WeakKeyDictionary[Client, list[Listener]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_reconnect(nc: Client, listener: Listener) -> None:
+    """Call `listener` each time `nc` (made by `connect`) is back on the bus: nats-py has one
+    reconnect callback per client, and several parts of a service need to hear it."""
+    _reconnect_listeners.setdefault(nc, []).append(listener)
 
 
 class BusUnreachable(RuntimeError):
@@ -52,8 +65,10 @@ async def connect(
     async def on_disconnect() -> None:
         log.warning("nats.disconnected")
 
-    async def on_reconnect() -> None:
+    async def reconnected() -> None:
         log.info("nats.reconnected")
+        for listener in _reconnect_listeners.get(connecting.result(), []):
+            await listener()
 
     connecting = asyncio.ensure_future(
         nats.connect(
@@ -63,7 +78,7 @@ async def connect(
             reconnect_time_wait=0.5,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
+            reconnected_cb=reconnected,
         )
     )
     await asyncio.wait(

@@ -10,6 +10,12 @@ Acquire = queue a ticket, then, when among the first `free slots` tickets, take 
 by CAS on its last revision. Heartbeat = CAS update (a stale holder is refused and learns it
 lost the lease). Release = CAS delete. A crashed holder stops heartbeating: its key expires
 after the TTL and the expiry marker wakes the waiters. Everything waits on the key watcher.
+
+The watcher's revisions are only a hint for a CAS: a tombstone ages out into a limit marker,
+and that marker expires in turn with no watcher event, so a take refused on the watched
+revision re-reads the key's real last revision from the server. The bus may go away
+(timeouts, reconnects, a nats-server restart): heartbeats keep trying, the watch is
+restarted on every reconnect, and the bucket (in the JetStream store) outlives the server.
 """
 
 import asyncio
@@ -21,14 +27,22 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
+
+from edge_common.bus import on_reconnect
 
 log = structlog.get_logger(__name__)
 BUCKET: Final = "npu"
+STREAM_CONFIG_DIFFERS: Final = 10058
+"""JetStream's err_code for "stream name already in use with a different configuration"."""
+WATCH_RETRY_S: Final = 0.25
+"""Pause before re-watching after a failed watch (e.g. JetStream still starting up)."""
 
 
 class Holder(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +96,16 @@ class _View:
             self.version += 1
             self.changed.notify_all()
 
+    async def replace(self, entries: list[KeyValue.Entry]) -> None:
+        """Start over from a new watch's initial values (keys may have vanished meanwhile)."""
+        async with self.changed:
+            self.live.clear()
+            self.tombstones.clear()
+            for entry in entries:
+                self._apply(entry)
+            self.version += 1
+            self.changed.notify_all()
+
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self.live.pop(entry.key, None)
@@ -97,7 +121,7 @@ class _View:
         )
 
     def last_revision(self, key: str) -> int:
-        """What a CAS on `key` must name: its live or tombstone revision, 0 if never written."""
+        """What a CAS on `key` should name: its live or tombstone revision, 0 if never seen."""
         if key in self.live:
             return self.live[key][0]
         return self.tombstones.get(key, 0)
@@ -123,39 +147,92 @@ class NpuLease:
         self._kv: KeyValue | None = None
         self._view = _View()
         self._watch_task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._background: set[asyncio.Future[None]] = set()
+
+    @property
+    def _stream(self) -> str:
+        return f"KV_{self._bucket}"
 
     async def start(self) -> None:
         js = self._nc.jetstream()
         config = KeyValueConfig(
             bucket=self._bucket, history=1, ttl=self.ttl_s, limit_marker_ttl=max(1.0, self.ttl_s)
         )
-        self._kv = await js.create_key_value(config)
+        try:
+            self._kv = await js.create_key_value(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_CONFIG_DIFFERS:
+                raise
+            await self._retune(js, config)
+            self._kv = await js.create_key_value(config)  # now the same config: just opens it
+        self._follow_reconnects()
         ready = asyncio.Event()
         self._watch_task = asyncio.create_task(self._follow(ready))
         await ready.wait()
 
+    async def _retune(self, js: JetStreamContext, config: KeyValueConfig) -> None:
+        """The bucket exists with other settings (the lease TTL was changed): give its stream
+        the TTLs of `config`, as create_key_value would have set them, keeping its data."""
+        stream = (await js.stream_info(self._stream)).config
+        log.info("npu.lease_ttl_changed", bucket=self._bucket, old=stream.max_age, new=config.ttl)
+        await js.update_stream(
+            stream.evolve(
+                max_age=config.ttl,
+                duplicate_window=min(stream.duplicate_window or config.ttl, config.ttl),
+                subject_delete_marker_ttl=config.limit_marker_ttl,
+            )
+        )
+
+    def _follow_reconnects(self) -> None:
+        """End the watch whenever the connection comes back, so that _follow watches anew.
+
+        After a nats-server restart the watch's consumer is gone, and nats-py's ordered
+        consumer only notices after two missed idle heartbeats (about 20 s), while waiters
+        need the view now."""
+
+        async def reconnected() -> None:
+            if self._watcher is not None:
+                self._spawn(self._end_watch(self._watcher))
+
+        on_reconnect(self._nc, reconnected)
+
+    @staticmethod
+    async def _end_watch(watcher: KeyValue.KeyWatcher) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await watcher.stop()
+
     async def _follow(self, ready: asyncio.Event) -> None:
-        """Keep the view in step with the bucket; a broken watch is logged and restarted."""
+        """Keep the view in step with the bucket; a broken or ended watch is started anew,
+        and its initial values replace the view (keys may have vanished meanwhile)."""
         kv = self._kv
         assert kv is not None
         while True:
             try:
-                watcher = await kv.watch(f"{self.board}.>")
-                async for entry in watcher:  # None marks the end of the initial values
+                self._watcher = await kv.watch(f"{self.board}.>")
+                initial: list[KeyValue.Entry] | None = []
+                async for entry in self._watcher:  # None marks the end of the initial values
                     if entry is None:
+                        await self._view.replace(initial or [])
+                        initial = None
                         ready.set()
+                    elif initial is not None:
+                        initial.append(entry)
                     else:
                         await self._view.apply(entry)
+                log.info("npu.lease_rewatch", board=self.board)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("npu.lease_watch_failed", board=self.board)
-                self._view.live.clear()  # rebuilt from the initial values of the next watch
+                await asyncio.sleep(WATCH_RETRY_S)  # e.g. JetStream still starting: not a spin
 
     async def stop(self) -> None:
         if self._watch_task:
             self._watch_task.cancel()
+        if self._watcher is not None:
+            await self._end_watch(self._watcher)
+            self._watcher = None
 
     async def wait_until(self, check: Callable[[LeaseStatus], bool]) -> LeaseStatus:
         """The status, once the watcher has shown one that satisfies `check`."""
@@ -217,15 +294,42 @@ class NpuLease:
             self._spawn(ticket.release())
 
     async def _take(self, key: str, holder: Holder) -> "Held | None":
-        """CAS the slot's key to us; None if someone was faster."""
+        """CAS the slot's key to us; None if it is held (then the watcher will show it)."""
+        if held := await self._take_at(key, holder, self._view.last_revision(key)):
+            return held
+        # The watched revision may be gone from the server (an expired limit marker leaves
+        # no trace in the watch): take the slot at its real last revision, if it is free.
+        last = await self._free_revision(key)
+        return None if last is None else await self._take_at(key, holder, last)
+
+    async def _take_at(self, key: str, holder: Holder, last: int) -> "Held | None":
         kv = self._kv
         assert kv is not None
-        last = self._view.last_revision(key)
         try:
             rev = await self._claim(key, kv.update(key, _encode(holder), last=last))
         except KeyWrongLastSequenceError:
             return None
         return Held(self, key, rev, holder)
+
+    async def _free_revision(self, key: str) -> int | None:
+        """The server's last revision of `key` if the key is free (0 when it has none, or
+        that of its tombstone or expiry marker), None if someone holds it."""
+        rev, value = await self._last(key)
+        return rev if value is None else None
+
+    async def _last(self, key: str) -> tuple[int, bytes | None]:
+        """The server's last revision of `key` (0 if it has none) and its value: None when
+        that revision is a tombstone or an expiry marker."""
+        js = self._nc.jetstream()
+        try:
+            msg = await js.get_msg(self._stream, subject=f"$KV.{self._bucket}.{key}")
+        except NotFoundError:
+            return 0, None
+        assert msg.seq is not None
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+            return msg.seq, None
+        return msg.seq, msg.data or b""
 
     async def _claim(self, key: str, write: Coroutine[Any, Any, int]) -> int:
         """Await a write that claims `key`; if we are cancelled meanwhile, the write still
@@ -261,12 +365,15 @@ class NpuLease:
             await kv.delete(key, last=last)
         except KeyWrongLastSequenceError:
             log.warning("npu.lease_not_ours", key=key)
+        except nats.errors.Error as exc:  # the bus is away: the TTL frees the key instead
+            log.warning("npu.lease_release_failed", key=key, error=repr(exc))
 
 
 class Held:
     """A key we keep alive (a held slot, or a place in line) until released.
 
-    `lost` is set when a heartbeat is refused: the key expired and was taken over.
+    `lost` is set when the server says the key is no longer ours (it expired, maybe was
+    taken over); a heartbeat that fails for any other reason (the bus is away) is retried.
     """
 
     def __init__(self, lease: NpuLease, key: str, rev: int, holder: Holder) -> None:
@@ -278,21 +385,37 @@ class Held:
         self._beat = asyncio.create_task(self._keep_alive())
 
     async def heartbeat(self) -> None:
-        """Renew now (CAS on our revision); LeaseLost if the key is no longer ours."""
+        """Renew now (CAS on our revision); LeaseLost if the key is no longer ours, a
+        nats.errors.Error if the bus did not answer."""
         kv = self._lease._kv
         assert kv is not None
+        value = _encode(self.holder)
         try:
-            self.rev = await kv.update(self.key, _encode(self.holder), last=self.rev)
+            self.rev = await kv.update(self.key, value, last=self.rev)
+            return
         except KeyWrongLastSequenceError:
-            self.lost.set()
-            log.error("npu.lease_lost", key=self.key)
-            raise LeaseLost(self.key) from None
+            pass
+        # a renewal whose answer was lost (a timeout, a reconnect) may have landed all the
+        # same: then the key still holds our value, at a revision we did not hear of
+        rev, current = await self._lease._last(self.key)
+        if current == value:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                self.rev = await kv.update(self.key, value, last=rev)
+                return
+        self.lost.set()
+        log.error("npu.lease_lost", key=self.key)
+        raise LeaseLost(self.key)
 
     async def _keep_alive(self) -> None:
         with contextlib.suppress(LeaseLost):
             while True:
                 await asyncio.sleep(self._lease.ttl_s / 3)
-                await self.heartbeat()
+                try:
+                    # a renewal answered later than the next one is due is of no use
+                    async with asyncio.timeout(self._lease.ttl_s / 3):
+                        await self.heartbeat()
+                except (nats.errors.Error, TimeoutError) as exc:  # not a refusal: keep trying
+                    log.warning("npu.lease_heartbeat_failed", key=self.key, error=repr(exc))
 
     async def release(self) -> None:
         self._beat.cancel()

@@ -7,13 +7,16 @@ The llm protocol, per chat request:
 
     router -> `llm.chat.<model>` (request/reply, see chat_subject): ChatRequest, naming
               `stream_to`, an inbox the router already listens on
-    worker -> reply: Accepted (the request is queued for generation), or a micro service
-              error (headers Nats-Service-Error-Code / Nats-Service-Error) with a code below
+    worker -> reply: Accepted (the request is queued for generation, naming the worker's
+              micro service id), or a micro service error (headers Nats-Service-Error-Code /
+              Nats-Service-Error) with a code below
     worker -> `stream_to`: Delta* then exactly one Done or Failed, and Alive every
               ALIVE_INTERVAL_S while it holds the request (queued, loading, prefilling),
               as a request the router answers: the router tells a dead worker from a slow
               one in seconds, and the worker learns at once when no router listens
     router -> `llm.cancel.<request_id>`: Cancel, when the client went away
+    router -> `$SRV.PING.llm.<instance>`: after a second without events, is the worker still
+              connected? NATS answers "no responders" at once when its connection is gone.
 """
 
 from typing import Annotated, Final, Literal
@@ -37,6 +40,12 @@ ErrorCode = Literal[
 ]
 
 
+MAX_STOPS: Final = 4
+MAX_STOP_CHARS: Final = 512
+"""Longest stop string (characters): the worker matches every stop against each token."""
+INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class Wire(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every message: immutable, keyword-only."""
 
@@ -57,8 +66,11 @@ class ChatRequest(Wire, tag="chat", kw_only=True):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     """None: the model's configured default."""
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    stop: list[str] = []
-    seed: int | None = None
+    stop: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_STOP_CHARS)]],
+        msgspec.Meta(max_length=MAX_STOPS),
+    ] = []
+    seed: INT64 | None = None
 
 
 class Cancel(Wire, tag="cancel"):
@@ -67,6 +79,8 @@ class Cancel(Wire, tag="cancel"):
 
 class Accepted(Wire, tag="accepted"):
     prompt_tokens: int
+    instance: str = ""
+    """The accepting worker's micro service id (its `$SRV.PING.llm.<instance>` subject)."""
 
 
 class Delta(Wire, tag="delta"):
@@ -114,6 +128,20 @@ def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
 
 
+class Capabilities(Wire):
+    """What a model can do beyond plain text chat. The router's routing policy is the only
+    reader: it sends a request to a local model only when the model can serve all of it."""
+
+    vision: bool = False
+    """Image parts in user messages."""
+    tools: bool = False
+    """`tools` / tool calls and tool messages."""
+    json_output: bool = False
+    """`response_format` json_object / json_schema."""
+    logprobs: bool = False
+    """`logprobs` / `top_logprobs`."""
+
+
 class ModelCard(Wire):
     """A model a worker serves, as advertised in its micro INFO metadata."""
 
@@ -121,6 +149,9 @@ class ModelCard(Wire):
     context_length: int
     owned_by: str = "edge"
     created: int = 0
+    device: Literal["cpu", "npu"] = "cpu"
+    """Where it runs."""
+    capabilities: Capabilities = Capabilities()
 
 
 models_encoder = msgspec.json.Encoder()
