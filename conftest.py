@@ -23,6 +23,7 @@ class Nats:
     url: str
     passwords: dict[str, str]
     proc: Proc
+    root: Path
 
     @property
     def env(self) -> dict[str, str]:
@@ -33,17 +34,27 @@ class Nats:
         """nats.connect options to join as `user` (router, llm or ops), as services do."""
         return credentials(user, self.passwords[f"EDGE_{user.upper()}_NATS_PASSWORD"])
 
+    def restart(self) -> None:
+        """Stop nats-server and start it again on the same port and store (JetStream data
+        survives), as after a crash and a supervisor's restart."""
+        self.proc.stop()
+        self.proc = _start_nats(self.root, int(self.url.rsplit(":", 1)[1]), self.passwords)
+
+
+def _start_nats(root: Path, port: int, passwords: dict[str, str]) -> Proc:
+    with (root / "nats.log").open("ab") as log:
+        return start_nats(port, root / "store", passwords, log)
+
 
 @contextmanager
 def running_nats(root: Path) -> Iterator[Nats]:
     """A nats-server configured as in production (nats.conf, fresh passwords) in `root`."""
     port, passwords = free_port(), nats_passwords({})
-    with (root / "nats.log").open("wb") as log:
-        proc = start_nats(port, free_port(), root / "store", passwords, log)
+    nats = Nats(f"nats://127.0.0.1:{port}", passwords, _start_nats(root, port, passwords), root)
     try:
-        yield Nats(url=f"nats://127.0.0.1:{port}", passwords=passwords, proc=proc)
+        yield nats
     finally:
-        proc.stop()
+        nats.proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +165,8 @@ TEMPLATE = (
 @pytest.fixture(scope="session")
 def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     """The double built with the system C compiler, a word-level tokenizer.json in which
-    "boom" is token 666 (the double's ERROR marker), and a stand-in .rkllm file."""
+    "boom", "stall" and "wedge" are tokens 666-668 (the double's ERROR, stall-until-aborted
+    and stall-for-ever markers), and a stand-in .rkllm file."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -165,7 +177,7 @@ def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | st
         ["cc", "-shared", "-fPIC", "-O1", "-pthread", "-o", str(library), str(DOUBLE_SOURCE)],
         check=True,
     )
-    vocab = {word: i for i, word in enumerate(WORDS)} | {"boom": 666}
+    vocab = {word: i for i, word in enumerate(WORDS)} | {"boom": 666, "stall": 667, "wedge": 668}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = WhitespaceSplit()
     tokenizer.save(str(root / "tokenizer.json"))

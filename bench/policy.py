@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from edge_common.wire import ModelCard
 from edge_router import policy
 from edge_router import protocol as p
 from edge_router.settings import PolicySettings
@@ -40,7 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = PolicySettings()
     state = policy.State(
-        local=policy.Local(models={"smollm2": 2048}, npu_temp_c=50.0),
+        local=policy.Local(
+            models={"smollm2": ModelCard(id="smollm2", context_length=2048)}, npu_temp_c=50.0
+        ),
         cloud=policy.Cloud(models={"gpt-4o-mini": "openai"}),
     )
     decoder = msgspec.json.Decoder(p.ChatCompletionRequest)

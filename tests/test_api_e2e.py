@@ -236,7 +236,7 @@ def image_message(url: str) -> dict:
         (  # within the limits: on to routing, which has no local model with eyes
             {"messages": [image_message(png(640, 480))]},
             400,
-            None,
+            "messages",
             "unsupported",
         ),
     ],

@@ -51,7 +51,9 @@ def test_worker_shutdown_mid_stream(
         router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "60"})
         try:
             events = stream_and_stop(router.url, worker, max_tokens)
-            assert worker.proc.popen.wait(30) is not None
+            # by its own SIGTERM handling (uvicorn re-raises the signal once shut down), not
+            # a crash or the SIGKILL of stop(): also when the grace runs out
+            assert worker.proc.popen.wait(30) == -signal.SIGTERM
         finally:
             router.proc.stop()
             worker.proc.stop()
@@ -64,21 +66,6 @@ def test_worker_shutdown_mid_stream(
         assert "shut down" in error["message"]
         assert len(events) < max_tokens
     assert [e for e in worker.log_events() if e["event"] == "llm.draining"]
-
-
-def test_killed_worker_ends_the_stream_at_the_idle_timeout(
-    launch, new_nats, tmp_path: Path
-) -> None:
-    """kill -9 mid-stream: no keepalive comes any more, so the router ends the stream with
-    a timeout error after its idle timeout (here 2 s), whatever was asked for."""
-    with new_nats(tmp_path) as nats:
-        worker = launch("llm", tmp_path, nats.env)
-        router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "2"})
-        try:
-            events = stream_and_stop(router.url, worker, 2000, signal.SIGKILL)
-        finally:
-            router.proc.stop()
-    assert events[-1]["error"]["code"] == "timeout"  # type: ignore[index]
 
 
 async def test_a_worker_waiting_for_the_npu_is_not_taken_for_dead(
@@ -156,7 +143,7 @@ async def test_router_shutdown_ends_streams_within_its_grace(
 
     def sigterm(router: Proc) -> None:
         router.popen.send_signal(signal.SIGTERM)
-        assert router.popen.wait(10) is not None
+        assert router.popen.wait(10) == -signal.SIGTERM  # shut down by itself, not killed
 
     grace = {"EDGE_ROUTER_SHUTDOWN_GRACE_S": "0.5"}
     worker = await npu_freed_after_router_stop(launch, new_nats, tmp_path, grace, sigterm)

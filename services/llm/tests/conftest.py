@@ -1,8 +1,12 @@
-"""The bundled GGUF model, loaded once for the llm unit tests."""
+"""Shared by the llm unit tests: the bundled GGUF model loaded once, and the RKLLM double."""
+
+import ctypes
+from typing import Any
 
 import pytest
 from edge_llm.backends import Backend, create_backend
 from edge_llm.backends.llamacpp import LlamaCppModel
+from edge_llm.backends.rkllm import RkllmModel
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +14,41 @@ def backend() -> Backend:
     backend = create_backend(LlamaCppModel())
     backend.load()
     return backend
+
+
+class Double:
+    """The C double of librkllmrt (see the root conftest's `rkllm_files`): model entries for
+    it, and what it received."""
+
+    def __init__(self, files: dict[str, Any]) -> None:
+        self.files = files
+        self._lib = ctypes.CDLL(str(files["library"]))
+        self._lib.edge_double_record.restype = ctypes.c_char_p
+
+    def spec(self, **kw: object) -> RkllmModel:
+        fields = {
+            "id": "npu-model",
+            "path": str(self.files["model"]),
+            "tokenizer": str(self.files["tokenizer"]),
+            "chat_template": self.files["template"],
+            "library": str(self.files["library"]),
+            "context_length": 1024,
+            **kw,
+        }
+        return RkllmModel(**fields)  # type: ignore[arg-type]
+
+    def record(self) -> dict[str, str]:
+        """What the double received since the last reset, last value of each key."""
+        lines = self._lib.edge_double_record().decode().splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    def reset(self) -> None:
+        self._lib.edge_double_reset()
+
+
+@pytest.fixture
+def double(rkllm_files: dict[str, Any]) -> Double:
+    """The double, its record emptied."""
+    made = Double(rkllm_files)
+    made.reset()
+    return made

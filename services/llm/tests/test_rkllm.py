@@ -3,44 +3,14 @@
 import ctypes
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from edge_common.wire import ChatMessage, ChatRequest, Delta, Done
 from edge_llm.backends import create_backend
 from edge_llm.backends import rkllm_abi as abi
-from edge_llm.backends.rkllm import RkllmBackend, RkllmError, RkllmModel
+from edge_llm.backends.rkllm import RkllmBackend, RkllmError
 from edge_llm.generation import Generation
-
-
-def record(library: Path) -> dict[str, str]:
-    """What the double received, last value of each key."""
-    lib = ctypes.CDLL(str(library))
-    lib.edge_double_record.restype = ctypes.c_char_p
-    lines = lib.edge_double_record().decode().splitlines()
-    return dict(line.split("=", 1) for line in lines)
-
-
-def reset(library: Path) -> None:
-    ctypes.CDLL(str(library)).edge_double_reset()
-
-
-def spec(files: dict, **kw: object) -> RkllmModel:
-    fields = {
-        "id": "npu-model",
-        "path": str(files["model"]),
-        "tokenizer": str(files["tokenizer"]),
-        "chat_template": files["template"],
-        "library": str(files["library"]),
-        "context_length": 1024,
-        **kw,
-    }
-    return RkllmModel(**fields)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def files(rkllm_files: dict) -> dict:
-    reset(rkllm_files["library"])
-    return rkllm_files
 
 
 def request(text: str, **kw: object) -> ChatRequest:
@@ -49,9 +19,9 @@ def request(text: str, **kw: object) -> ChatRequest:
     )  # type: ignore[arg-type]
 
 
-def test_struct_layouts_match_the_header(files: dict) -> None:
+def test_struct_layouts_match_the_header(double: Any) -> None:
     """Every offset and size of our ctypes structs equals the C compiler's for rkllm.h."""
-    lib = ctypes.CDLL(str(files["library"]))
+    lib = ctypes.CDLL(str(double.files["library"]))
     buffer = ctypes.create_string_buffer(1 << 16)
     lib.edge_double_layout(buffer, len(buffer))
     checked = 0
@@ -68,11 +38,10 @@ def test_struct_layouts_match_the_header(files: dict) -> None:
     assert checked > 70
 
 
-def test_parameters_reach_the_runtime(files: dict) -> None:
+def test_parameters_reach_the_runtime(double: Any) -> None:
     """Init parameters, extend parameters and the empty chat template arrive as set."""
     backend = create_backend(
-        spec(
-            files,
+        double.spec(
             temperature=0.7,
             top_k=5,
             top_p=0.8,
@@ -85,8 +54,8 @@ def test_parameters_reach_the_runtime(files: dict) -> None:
     )
     backend.load()
     backend.unload()
-    got = record(files["library"])
-    assert got["init.model_path"] == str(files["model"])
+    got = double.record()
+    assert got["init.model_path"] == str(double.files["model"])
     assert (got["init.max_context_len"], got["init.top_k"], got["init.top_p"]) == (
         "1024",
         "5",
@@ -104,15 +73,15 @@ def test_parameters_reach_the_runtime(files: dict) -> None:
     assert got["destroyed"] == "1"
 
 
-async def test_tokens_stream_and_usage_comes_from_perf(files: dict) -> None:
+async def test_tokens_stream_and_usage_comes_from_perf(double: Any) -> None:
     """Token input with our template; tokens stream through the callback; the runtime's perf
     counts (which include a special token that has no text) make the usage."""
-    backend = create_backend(spec(files))
+    backend = create_backend(double.spec())
     backend.load()
     req = request("tell me a story", max_tokens=5, temperature=0.3, top_p=0.9)
     prompt = backend.prompt_tokens(req.messages)
     events = [e async for e in Generation(backend, req, prompt).events()]
-    got = record(files["library"])
+    got = double.record()
     backend.unload()
     assert [e.text for e in events if isinstance(e, Delta)] == [" t1", " t2", " t3", " t4"]
     assert events[-1] == Done(
@@ -128,24 +97,24 @@ async def test_tokens_stream_and_usage_comes_from_perf(files: dict) -> None:
     )
 
 
-async def test_closing_the_stream_calls_abort(files: dict) -> None:
+async def test_closing_the_stream_calls_abort(double: Any) -> None:
     """Stopping early calls rkllm_abort and returns once the runtime let go."""
-    backend = create_backend(spec(files))
+    backend = create_backend(double.spec())
     backend.load()
     generation = Generation(backend, request("hello", max_tokens=900), [3])
     async with aclosing(generation.events()) as events:
         async for _ in events:
             if generation.completion_tokens >= 3:
                 break
-    got = record(files["library"])
+    got = double.record()
     backend.unload()
     assert got["aborted"] == "1"
     assert generation.completion_tokens < 100
 
 
-async def test_runtime_error_is_raised(files: dict) -> None:
+async def test_runtime_error_is_raised(double: Any) -> None:
     """An ERROR state from the runtime fails the generation with RkllmError."""
-    backend = create_backend(spec(files))
+    backend = create_backend(double.spec())
     backend.load()
     req = request("boom")
     with pytest.raises(RkllmError, match="ERROR state"):
@@ -154,34 +123,34 @@ async def test_runtime_error_is_raised(files: dict) -> None:
     backend.unload()
 
 
-def test_init_failure_is_an_error(files: dict, tmp_path: Path) -> None:
+def test_init_failure_is_an_error(double: Any, tmp_path: Path) -> None:
     """A model the runtime cannot open fails at load with the path named."""
     missing = tmp_path / "missing.rkllm"
     missing.write_bytes(b"x")
-    backend = RkllmBackend(spec(files, path=str(missing)))
+    backend = RkllmBackend(double.spec(path=str(missing)))
     missing.unlink()
     with pytest.raises(RkllmError, match=r"missing\.rkllm"):
         backend.load()
     assert not backend.loaded
 
 
-async def test_prompt_cache_saved_once_then_loaded(files: dict, tmp_path: Path) -> None:
+async def test_prompt_cache_saved_once_then_loaded(double: Any, tmp_path: Path) -> None:
     """A configured prompt cache is saved by the first run, and loaded at start next time."""
     cache = tmp_path / "system.cache"
-    backend = create_backend(spec(files, prompt_cache=str(cache)))
+    backend = create_backend(double.spec(prompt_cache=str(cache)))
     backend.load()
     req = request("hello", max_tokens=2)
     for run in range(2):
-        reset(files["library"])
+        double.reset()
         async for _ in Generation(backend, req, [3]).events():
             pass
-        got = record(files["library"])
+        got = double.record()
         if run == 0:
             assert (got["run.prompt_cache_save"], got["run.prompt_cache_path"]) == ("1", str(cache))
         else:
             assert "run.prompt_cache_save" not in got  # only the first run saves
     backend.unload()
     cache.write_bytes(b"kv")
-    reset(files["library"])
-    create_backend(spec(files, prompt_cache=str(cache))).load()
-    assert record(files["library"])["prompt_cache.loaded"] == str(cache)
+    double.reset()
+    create_backend(double.spec(prompt_cache=str(cache))).load()
+    assert double.record()["prompt_cache.loaded"] == str(cache)

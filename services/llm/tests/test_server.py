@@ -1,7 +1,10 @@
 """The llm service's NATS protocol: accept or refuse at once, one generation at a time, cancel."""
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -9,11 +12,12 @@ import nats
 import pytest
 from edge_common import bus, wire
 from edge_common.npu_lease import NpuLease
-from edge_llm.backends import Backend
+from edge_llm.backends import Backend, create_backend
 from edge_llm.residency import Residency
-from edge_llm.server import LlmServer
+from edge_llm.server import STALLED, LlmServer
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
+from prometheus_client import REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +27,18 @@ def own_bus(new_nats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
         yield nats_server
 
 
-@pytest.fixture
-async def served(own_bus, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
-    password = own_bus.passwords["EDGE_LLM_NATS_PASSWORD"]
-    async with bus.connect(own_bus.url, "llm", password) as nc:
+@asynccontextmanager
+async def serving(
+    nats_server: Any, backend: Backend, stall_s: float = 30, abort_grace_s: float = 5
+) -> AsyncIterator[tuple[Client, LlmServer]]:
+    """An LlmServer for `backend` on `nats_server`, and a client connected as the router."""
+    password = nats_server.passwords["EDGE_LLM_NATS_PASSWORD"]
+    async with bus.connect(nats_server.url, "llm", password) as nc:
         lease = NpuLease(nc, board="llm-unit", owner="llm-test")
         await lease.start()
         residency = Residency({backend.card.id: backend}, pinned=backend.card.id)
         await residency.ensure(backend.card.id)
-        server = LlmServer(nc, residency, lease)
+        server = LlmServer(nc, residency, lease, stall_s=stall_s, abort_grace_s=abort_grace_s)
         sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
         async with bus.serve(
             nc,
@@ -40,10 +47,21 @@ async def served(own_bus, backend: Backend) -> AsyncIterator[tuple[Client, LlmSe
             description="test",
             endpoints={wire.chat_subject(backend.card.id): server.on_chat},
         ):
-            client = await nats.connect(own_bus.url, **own_bus.creds("router"))
+            client = await nats.connect(nats_server.url, **nats_server.creds("router"))
             yield client, server
-            await client.drain()
+            await client.close()
+            if not nc.is_connected:  # the test stopped the bus: nothing can be undone there
+                with contextlib.suppress(ConnectionResetError):
+                    await nc.close()
+                return
         await sub.unsubscribe()
+        await lease.stop()
+
+
+@pytest.fixture
+async def served(own_bus, backend: Backend) -> AsyncIterator[tuple[Client, LlmServer]]:
+    async with serving(own_bus, backend) as running:
+        yield running
 
 
 MODEL = "smollm2-135m-instruct"
@@ -60,8 +78,8 @@ def chat(request_id: str, stream_to: str, **kw: object) -> wire.ChatRequest:
     return wire.ChatRequest(request_id=request_id, stream_to=stream_to, **fields)  # type: ignore[arg-type]
 
 
-async def submit(nc: Client, request: wire.ChatRequest) -> nats.aio.msg.Msg:
-    return await nc.request(SUBJECT, wire.encode(request), timeout=5)
+async def submit(nc: Client, request: wire.ChatRequest, subject: str = SUBJECT) -> nats.aio.msg.Msg:
+    return await nc.request(subject, wire.encode(request), timeout=5)
 
 
 async def events_until_end(sub) -> list[wire.Event]:
@@ -87,8 +105,16 @@ async def next_event(sub) -> wire.Event:
             {"messages": [wire.ChatMessage(role="user", content="word " * 3000)]},
             "context_length_exceeded",
         ),
+        ({"stop": ["x" * (wire.MAX_STOP_CHARS + 1)]}, "invalid_request"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "invalid_request"),
     ],
-    ids=["unknown-model", "budget-beyond-window", "prompt-beyond-window"],
+    ids=[
+        "unknown-model",
+        "budget-beyond-window",
+        "prompt-beyond-window",
+        "stop-too-long",
+        "too-many-stops",
+    ],
 )
 async def test_refusals_come_back_at_once(served, overrides: dict, code: str) -> None:
     """Requests the worker cannot serve are refused in the reply, with a wire error code."""
@@ -187,3 +213,132 @@ def test_wire_roundtrip_keeps_unknown_fields_out() -> None:
     assert wire.decode_event(newer) == wire.Done(
         finish_reason="stop", prompt_tokens=1, completion_tokens=2
     )
+
+
+async def ask(nc: Client, request: wire.ChatRequest) -> tuple[list[wire.Event], float]:
+    """Submit to the request's model; its events until Done or Failed, and the seconds taken."""
+    sub = await nc.subscribe(nc.new_inbox())
+    started = time.monotonic()
+    request = msgspec.structs.replace(request, stream_to=sub.subject)
+    reply = await submit(nc, request, wire.chat_subject(request.model))
+    assert not reply.headers, reply.headers
+    events = await events_until_end(sub)
+    await sub.unsubscribe()
+    return events, time.monotonic() - started
+
+
+def text(events: list[wire.Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, wire.Delta))
+
+
+async def test_longest_stop_string_is_matched_cheaply(served) -> None:
+    """A stop string of the wire's maximum length is served like any other (the worker stays
+    responsive: the generation ends with Done)."""
+    nc, _ = served
+    events, _ = await ask(nc, chat("long-stop", "", max_tokens=40, stop=["ab" * 256]))
+    assert isinstance(events[-1], wire.Done)
+    assert events[-1].completion_tokens == 40
+
+
+@pytest.mark.parametrize("seed", [-(2**63), -1, 0, 2**63 - 1])
+async def test_any_int64_seed_is_reproducible(served, seed: int) -> None:
+    """Every int64 seed is accepted and sampling with it (temperature 1) repeats exactly;
+    -1 and 2**63-1 used to land on llama.cpp's "random seed" value."""
+    nc, _ = served
+    req = chat("seeded", "", max_tokens=12, temperature=1.0, seed=seed)
+    first, _ = await ask(nc, req)
+    second, _ = await ask(nc, req)
+    assert isinstance(first[-1], wire.Done)
+    assert text(first) == text(second)
+
+
+NPU = "npu-model"
+FRESH = [" t1", " t2", " t3", " t4"]
+"""What the double answers `hello` with max_tokens=5 on an empty KV cache."""
+
+
+def npu_chat(request_id: str, content: str, **kw: object) -> wire.ChatRequest:
+    messages = [wire.ChatMessage(role="user", content=content)]
+    return wire.ChatRequest(request_id=request_id, model=NPU, messages=messages, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def npu_served(own_bus, double: Any) -> AsyncIterator[tuple[Client, LlmServer]]:
+    """A worker on the RKLLM double whose watchdog aborts after 1 s without a token."""
+    backend = create_backend(double.spec())
+    async with serving(own_bus, backend, stall_s=1.0, abort_grace_s=5) as running:
+        yield running
+    backend.unload()
+
+
+def watchdog_count(action: str) -> float:
+    return REGISTRY.get_sample_value("edge_llm_watchdog_total", {"action": action}) or 0.0
+
+
+async def test_watchdog_aborts_a_stalled_generation(npu_served, double: Any) -> None:
+    """A runtime that stops producing tokens is aborted after stall_s: the caller gets
+    Failed(unavailable) promptly, it is counted, and the next request is served afresh."""
+    nc, server = npu_served
+    before = watchdog_count("abort")
+    events, seconds = await ask(nc, npu_chat("stalls", "stall", max_tokens=50))
+    assert events[-1] == wire.Failed(code="unavailable", message=STALLED.format(stall_s=1.0))
+    assert 1.0 <= seconds < 4.0
+    assert double.record()["aborted"] == "1"
+    assert watchdog_count("abort") == before + 1
+    assert server.stats().failed == 1
+    after, _ = await ask(nc, npu_chat("next", "hello", max_tokens=5))
+    assert text(after) == "".join(FRESH)
+    assert isinstance(after[-1], wire.Done)
+
+
+async def test_no_context_bleed_on_the_npu(npu_served, double: Any) -> None:
+    """After a cancelled and after a failed generation, the same greedy request gets exactly
+    a fresh runtime's answer (the KV cache is cleared), seeds of any int64 included."""
+    nc, _ = npu_served
+    hello = npu_chat("hello", "hello", max_tokens=5, temperature=0, seed=-(2**63))
+    fresh, _ = await ask(nc, hello)
+    assert text(fresh) == "".join(FRESH)
+    sub = await nc.subscribe(nc.new_inbox())
+    await submit(
+        nc,
+        npu_chat("long", "tell me a story", max_tokens=900, stream_to=sub.subject),
+        wire.chat_subject(NPU),
+    )
+    assert isinstance(await next_event(sub), wire.Delta)
+    await nc.publish(wire.cancel_subject("long"), wire.encode(wire.Cancel(request_id="long")))
+    after_cancel, _ = await ask(nc, msgspec.structs.replace(hello, seed=2**63 - 1))
+    boom, _ = await ask(nc, npu_chat("boom", "boom"))
+    assert isinstance(boom[-1], wire.Failed)
+    after_error, _ = await ask(nc, hello)
+    assert text(after_cancel) == text(after_error) == text(fresh)
+    assert double.record()["kv.clear"] != "0"  # there was something to clear
+
+
+async def test_worker_off_the_bus_stops_generating(new_nats, tmp_path, double: Any) -> None:
+    """When NATS goes away mid-generation, the worker aborts the generation after a couple
+    of keepalive intervals (nobody can hear it) instead of holding the NPU."""
+    backend = create_backend(double.spec())
+    with (
+        new_nats(tmp_path) as nats_server,
+        contextlib.suppress(nats.errors.ConnectionClosedError),  # unregistering off the bus
+    ):
+        async with serving(nats_server, backend, stall_s=60) as (nc, server):
+            sub = await nc.subscribe(nc.new_inbox())
+            await submit(
+                nc, npu_chat("orphan", "stall", stream_to=sub.subject), wire.chat_subject(NPU)
+            )
+            async with asyncio.timeout(10):
+                while not server.stats().busy:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)  # no event to await: the run starts in a task
+            nats_server.proc.stop()
+            stopped = time.monotonic()
+            async with asyncio.timeout(15):
+                while "aborted" not in double.record():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the double's log: polled
+            aborted = time.monotonic() - stopped
+            async with asyncio.timeout(15):
+                while not server.stats().cancelled:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+    backend.unload()
+    assert wire.ALIVE_INTERVAL_S < aborted < 5 * wire.ALIVE_INTERVAL_S
+    assert not server.stats().busy

@@ -1,4 +1,5 @@
-"""Lookups of unknown models: requests that miss together share one discovery round."""
+"""The catalog of local models: shared discovery rounds for unknown names, and when a
+model counts as gone."""
 
 import asyncio
 
@@ -32,3 +33,36 @@ async def test_misses_share_the_round_under_way() -> None:
     assert list(catalog.cards) == ["m"]
     await catalog.refresh_on_miss()  # a later miss looks again: a worker may have started
     assert workers.rounds == 2
+
+
+class Answers:
+    """Stands in for LlmClient.discover: each round answers with the next list of models."""
+
+    def __init__(self, *rounds: list[str]) -> None:
+        self._rounds = list(rounds)
+
+    async def discover(self, window: float) -> Discovery:
+        models = self._rounds.pop(0)
+        cards = {m: ModelCard(id=m, context_length=2048) for m in models}
+        return Discovery(cards=cards, instances=len(models), resident=set(models), switch_s=0.0)
+
+
+async def test_a_model_leaves_after_missed_rounds_and_is_remembered_as_down() -> None:
+    """One round without a model (a busy worker answering late) keeps it; MISSED_ROUNDS in a
+    row move it to `down` (503, not 404); rediscovered, it is back."""
+    catalog = LocalCatalog(Answers(["m"], [], [], ["m"]), 0.25)  # type: ignore[arg-type]
+    await catalog.refresh()
+    await catalog.refresh()
+    assert (list(catalog.cards), catalog.down) == (["m"], frozenset())
+    await catalog.refresh()
+    assert (list(catalog.cards), catalog.down) == ([], frozenset({"m"}))
+    await catalog.refresh()
+    assert (list(catalog.cards), catalog.down) == (["m"], frozenset())
+
+
+async def test_no_responders_takes_a_model_down_at_once() -> None:
+    """A request that found no worker for a model takes it out of the catalog at once."""
+    catalog = LocalCatalog(Answers(["m", "n"]), 0.25)  # type: ignore[arg-type]
+    await catalog.refresh()
+    catalog.mark_down("m")
+    assert (list(catalog.cards), catalog.down) == (["n"], frozenset({"m"}))

@@ -2,6 +2,7 @@
 
 import msgspec
 import pytest
+from edge_common.wire import Capabilities, ModelCard
 from edge_router import policy
 from edge_router import protocol as p
 from edge_router.errors import ApiError
@@ -10,6 +11,8 @@ from edge_router.settings import PolicySettings
 CFG = PolicySettings()
 LOCAL = "smollm2"
 CLOUD = "gpt-4o-mini"
+CARD = ModelCard(id=LOCAL, context_length=2048)
+NO_CLOUD = policy.Cloud(models={})
 decode = msgspec.json.Decoder(p.ChatCompletionRequest).decode
 
 
@@ -22,7 +25,7 @@ def request(*user: str, model: str = "auto", **body: object) -> p.ChatCompletion
 
 def state(**kw: object) -> policy.State:
     local = policy.Local(
-        models={LOCAL: 2048},
+        models={LOCAL: CARD},
         queue_wait_s=kw.pop("wait", 0.0),  # type: ignore[arg-type]
         npu_temp_c=kw.pop("temp", 45.0),  # type: ignore[arg-type]
     )
@@ -145,6 +148,12 @@ def test_system_states(
         (request("Hi", model="local"), state(local_down=True), 503, "service_unavailable"),
         (request("Hi", model=LOCAL, tools=[{"type": "function"}]), state(), 400, "unsupported"),
         (request("Hi", model="gpt-9"), state(), 404, "model_not_found"),
+        (
+            request("Hi", model=LOCAL),
+            policy.State(local=policy.Local(models={}, down=frozenset({LOCAL})), cloud=NO_CLOUD),
+            503,
+            "service_unavailable",
+        ),
     ],
     ids=[
         "local-only-critical",
@@ -156,6 +165,7 @@ def test_system_states(
         "local-alias-down",
         "pinned-local-tools",
         "unknown-model",
+        "pinned-local-gone",
     ],
 )
 def test_impossible_requests_say_why(
@@ -174,13 +184,13 @@ def test_switch_cost_counts_toward_the_local_wait() -> None:
     """A model that must be loaded first adds its switch time to the wait: past the limit,
     auto prefers the cloud; a resident model is unaffected."""
     cold = policy.State(
-        local=policy.Local(models={LOCAL: 2048}, queue_wait_s=4.0, switch_s={LOCAL: 8.0}),
+        local=policy.Local(models={LOCAL: CARD}, queue_wait_s=4.0, switch_s={LOCAL: 8.0}),
         cloud=policy.Cloud(models={CLOUD: "openai"}),
     )
     decision = route(SIMPLE, cold)
     assert decision.target == "cloud"
     assert decision.reasons == ["local queue wait ~4 s + model switch ~8 s"]
-    warm = msgspec.structs.replace(cold, local=policy.Local(models={LOCAL: 2048}, queue_wait_s=4.0))
+    warm = msgspec.structs.replace(cold, local=policy.Local(models={LOCAL: CARD}, queue_wait_s=4.0))
     assert route(SIMPLE, warm).target == "local"
 
 
@@ -204,3 +214,38 @@ def test_explicit_models_are_honoured(model: str, target: str, resolved: str) ->
     """Aliases and concrete ids pin the target, even for prompts auto would send elsewhere."""
     decision = route(request("Think step by step and prove it.", model=model))
     assert (decision.target, decision.model, decision.fallback) == (target, resolved, None)
+
+
+ABLE = ModelCard(
+    id=LOCAL,
+    context_length=2048,
+    capabilities=Capabilities(vision=True, tools=True, json_output=True, logprobs=True),
+)
+IMAGE = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+ASKS = {
+    "json-object": {"response_format": {"type": "json_object"}},
+    "json-schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+    "logprobs": {"logprobs": True},
+    "top-logprobs": {"top_logprobs": 3},
+    "tools": {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    "image": {"messages": [{"role": "user", "content": IMAGE}]},
+}
+
+
+@pytest.mark.parametrize("asked", ASKS.values(), ids=ASKS.keys())
+def test_what_local_can_do_is_read_from_its_card(asked: dict) -> None:
+    """A capability the local model lacks sends auto to the cloud (and a pinned local model
+    refuses with 400 naming the field); the same request stays local when the card says the
+    model can."""
+    assert route(request("Hi", **asked)).target == "cloud"
+    with pytest.raises(ApiError) as err:
+        route(request("Hi", model=LOCAL, **asked))
+    assert (err.value.status, err.value.code) == (400, "unsupported")
+    assert err.value.param
+    able = policy.State(local=policy.Local(models={LOCAL: ABLE}), cloud=state().cloud)
+    assert route(request("Hi", **asked), able).target == "local"
+
+
+def test_plain_text_response_format_is_plain_chat() -> None:
+    """response_format {"type": "text"} asks nothing special: a simple prompt stays local."""
+    assert route(request("Hi", response_format={"type": "text"})).target == "local"

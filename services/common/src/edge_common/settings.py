@@ -30,6 +30,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Address the service's HTTP server listens on."""
     port: int
     """Port the service's HTTP server listens on."""
+    header_timeout_s: float = 10.0
+    """A client must send a request's head (request line and headers) within this long of
+    starting it, or its connection is closed: slow clients cannot hold connections."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""
     shutdown_grace_s: float = 8.0

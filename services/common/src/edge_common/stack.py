@@ -3,7 +3,7 @@
 `edge-ai up` and the test fixtures both use this, so tests run the stack the way users do.
 Each process gets its own session (a terminal's Ctrl-C reaches only the supervisor, which
 stops the services first and NATS last), is told to stop if its supervisor dies, and counts
-as started when its HTTP health endpoint answers 200.
+as started when its readiness probe says so (HTTP health 200; nats-server's INFO greeting).
 """
 
 import ctypes
@@ -17,11 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import IO
 
 import httpx
+import msgspec
+
+from edge_common.settings import load_settings
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -56,22 +59,16 @@ class Proc:
         tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
         return "; its output ends with:\n" + "\n".join(line[-400:] for line in tail)
 
-    def wait_ready(self, url: str, timeout: float) -> None:
+    def wait_ready(self, ready: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if (code := self.popen.poll()) is not None:
-                    raise StartError(
-                        f"{self.name} exited with code {code} while starting{self._why()}"
-                    )
-                try:
-                    if client.get(url).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)  # polling a readiness probe: the process gives no other signal
+        while time.monotonic() < deadline:
+            if (code := self.popen.poll()) is not None:
+                raise StartError(f"{self.name} exited with code {code} while starting{self._why()}")
+            if ready():
+                return
+            time.sleep(0.05)  # polling a readiness probe: the process gives no other signal
         self.stop()
-        raise StartError(f"{self.name} not ready at {url} after {timeout} s{self._why()}")
+        raise StartError(f"{self.name} not ready after {timeout} s{self._why()}")
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.popen.poll() is None:
@@ -88,6 +85,36 @@ class Proc:
         self.popen.wait()
 
 
+def http_ready(url: str) -> Callable[[], bool]:
+    """Probe: `url` answers 200."""
+
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return probe
+
+
+def nats_ready(port: int) -> Callable[[], bool]:
+    """Probe: nats-server greets a connection with its INFO line, JetStream on. It enables
+    JetStream before it listens, so this is what the monitoring port's /healthz told (that
+    port stays closed: any local user could read it)."""
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                line = s.makefile("rb").readline(65536)
+        except OSError:
+            return False
+        if not line.startswith(b"INFO "):
+            return False
+        return msgspec.json.decode(line[5:]).get("jetstream", False) is True
+
+    return probe
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, however it dies (kill -9, a test run
     cut short), so that no service outlives its supervisor. Linux only (prctl)."""
@@ -100,11 +127,13 @@ def spawn(
     argv: list[str],
     *,
     env: Mapping[str, str] | None = None,
+    drop: Collection[str] = (),
     output: IO[bytes] | None = None,
 ) -> Proc:
+    """`argv` with our environment but the names in `drop`, `env` set over it."""
     popen = subprocess.Popen(
         argv,
-        env={**os.environ, **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})},
         stdout=output,
         stderr=subprocess.STDOUT if output else None,
         stdin=subprocess.DEVNULL,
@@ -139,19 +168,45 @@ def nats_passwords(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def start_nats(
-    port: int,
-    monitor_port: int,
-    store_dir: Path,
-    passwords: Mapping[str, str],
-    output: IO[bytes] | None = None,
-) -> Proc:
-    """nats-server with JetStream and nats.conf's users; `passwords` from nats_passwords()."""
+class _CloudKeys(msgspec.Struct):
+    class Upstream(msgspec.Struct):
+        api_key_env: str = ""
+
+    upstreams: list[Upstream] = msgspec.field(default_factory=list)
+
+
+def cloud_key_names(env: Mapping[str, str] | None = None) -> set[str]:
+    """The variables holding the API keys of the router's cloud upstreams (`api_key_env`,
+    read from EDGE_ROUTER_UPSTREAMS, EDGE_UPSTREAMS or EDGE_CONFIG as the router does)."""
+    upstreams = load_settings(_CloudKeys, "router", env).upstreams
+    return {u.api_key_env for u in upstreams if u.api_key_env}
+
+
+def secret_names(env: Mapping[str, str] | None = None) -> set[str]:
+    """Variables of `env` that hold secrets: every NATS password (EDGE_*NATS_PASSWORD) and
+    the cloud upstreams' API keys."""
+    env = os.environ if env is None else env
+    passwords = {k for k in env if k.startswith("EDGE_") and k.endswith("NATS_PASSWORD")}
+    return passwords | cloud_key_names(env)
+
+
+def nats_argv(port: int, store_dir: Path) -> list[str]:
+    """nats-server with JetStream and nats.conf's users, no monitoring port."""
     argv = [nats_server_bin(), "-c", str(NATS_CONF), "-a", "127.0.0.1", "-p", str(port)]
-    argv += ["-m", str(monitor_port), "-js", "-sd", str(store_dir)]
-    proc = spawn("nats-server", argv, env=passwords, output=output)
-    proc.wait_ready(f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true", 15)
+    return [*argv, "-js", "-sd", str(store_dir)]
+
+
+def start_nats(
+    port: int, store_dir: Path, passwords: Mapping[str, str], output: IO[bytes] | None = None
+) -> Proc:
+    """nats-server (nats_argv); `passwords` from nats_passwords()."""
+    proc = spawn("nats-server", nats_argv(port, store_dir), env=passwords, output=output)
+    proc.wait_ready(nats_ready(port), 15)
     return proc
+
+
+def service_argv(service: str) -> list[str]:
+    return [sys.executable, "-m", f"edge_{service}"]
 
 
 def start_service(
@@ -163,8 +218,8 @@ def start_service(
 ) -> Proc:
     """`python -m edge_<service>` listening on `port`; `env` holds its EDGE_* settings."""
     env = {f"EDGE_{service.upper()}_PORT": str(port), **env}
-    proc = spawn(service, [sys.executable, "-m", f"edge_{service}"], env=env, output=output)
-    proc.wait_ready(f"http://127.0.0.1:{port}/health", timeout)
+    proc = spawn(service, service_argv(service), env=env, output=output)
+    proc.wait_ready(http_ready(f"http://127.0.0.1:{port}/health"), timeout)
     return proc
 
 
@@ -176,7 +231,7 @@ def start_llama_cpp_server(
     argv += ["--port", str(port), "--n_ctx", "2048", "--model_alias", alias]
     argv += ["--n_threads", str(threads or os.cpu_count())]
     proc = spawn("llama_cpp.server", argv, output=output)
-    proc.wait_ready(f"http://127.0.0.1:{port}/v1/models", 60)
+    proc.wait_ready(http_ready(f"http://127.0.0.1:{port}/v1/models"), 60)
     return proc
 
 
@@ -195,7 +250,7 @@ class LocalStack:
         try:
             port = free_port()
             self.passwords = nats_passwords({})
-            self.add(start_nats(port, free_port(), workdir / "nats", self.passwords, self.log))
+            self.add(start_nats(port, workdir / "nats", self.passwords, self.log))
             self.nats_url = f"nats://127.0.0.1:{port}"
             self.env = {"EDGE_NATS_URL": self.nats_url, "EDGE_LOG_LEVEL": "warning"}
             self.env |= self.passwords

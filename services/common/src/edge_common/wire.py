@@ -15,8 +15,10 @@ The llm protocol, per chat request:
               as a request the router answers: the router tells a dead worker from a slow
               one in seconds, and the worker learns at once when no router listens
     router -> `llm.cancel.<request_id>`: Cancel, when the client went away
-    router -> `$SRV.PING.llm.<instance>`: after a second without events, is the worker still
+    router -> `llm.alive.<instance>`: after a second without events, is the worker still
               connected? NATS answers "no responders" at once when its connection is gone.
+              (Not the micro PING subject: a draining worker stops its micro service but
+              still finishes what it holds.)
 """
 
 from typing import Annotated, Final, Literal
@@ -28,6 +30,7 @@ REQUEST_ID_HEADER: Final = "Edge-Request-Id"
 
 CHAT_PREFIX: Final = "llm.chat"
 CANCEL_PREFIX: Final = "llm.cancel"
+ALIVE_PREFIX: Final = "llm.alive"
 
 # Error codes carried in Failed.code and in micro error headers. The router maps them to
 # HTTP statuses in exactly one place (edge_router.errors).
@@ -80,7 +83,7 @@ class Cancel(Wire, tag="cancel"):
 class Accepted(Wire, tag="accepted"):
     prompt_tokens: int
     instance: str = ""
-    """The accepting worker's micro service id (its `$SRV.PING.llm.<instance>` subject)."""
+    """The accepting worker's id: it answers on `alive_subject(instance)` while connected."""
 
 
 class Delta(Wire, tag="delta"):
@@ -126,6 +129,10 @@ def chat_subject(model: str) -> str:
 
 def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
+
+
+def alive_subject(instance: str) -> str:
+    return f"{ALIVE_PREFIX}.{instance}"
 
 
 class Capabilities(Wire):

@@ -5,6 +5,7 @@ across tokens), the completion budget (`max_tokens`, bounded by the context wind
 the finish reason. Exactly one Done ends a successful stream.
 """
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -14,23 +15,46 @@ from edge_llm.backends import Backend, RuntimeUsage, Sampling
 
 
 class StopMatcher:
-    """Holds back text that could still become a stop string."""
+    """Holds back text that could still become a stop string, in work linear in the text.
+
+    Each stop string has a Knuth-Morris-Pratt automaton whose state is the length of the
+    longest suffix of the text so far that is a prefix of that stop. Feeding a character
+    costs amortised O(1) per stop (`steps` counts the transitions), whatever the stops'
+    lengths, and at most the longest state's worth of text (under the longest stop's length)
+    is ever held back.
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
+        self._failure = [_failure_function(s) for s in self._stops]
+        self._states = [0] * len(self._stops)
         self._held = ""
+        self.steps = 0
+        """Automaton transitions so far: at most 2 per character fed per stop."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Text safe to emit now, and whether a stop string was reached."""
+        base = len(self._held)
         self._held += text
-        hits = [i for s in self._stops if (i := self._held.find(s)) >= 0]
-        if hits:
-            out, self._held = self._held[: min(hits)], ""
+        first_hit: int | None = None  # start (in _held) of the earliest stop completed
+        for k, (stop, failure) in enumerate(zip(self._stops, self._failure, strict=True)):
+            state = self._states[k]
+            for i, char in enumerate(text):
+                while state and stop[state] != char:
+                    state = failure[state - 1]
+                    self.steps += 1
+                self.steps += 1
+                if stop[state] == char:
+                    state += 1
+                if state == len(stop):
+                    start = base + i + 1 - state
+                    first_hit = start if first_hit is None else min(first_hit, start)
+                    break
+            self._states[k] = state
+        if first_hit is not None:
+            out, self._held = self._held[:first_hit], ""
             return out, True
-        keep = max(
-            (n for s in self._stops for n in range(1, len(s)) if self._held.endswith(s[:n])),
-            default=0,
-        )
+        keep = max(self._states, default=0)
         out = self._held[: len(self._held) - keep]
         self._held = self._held[len(out) :]
         return out, False
@@ -38,6 +62,19 @@ class StopMatcher:
     def flush(self) -> str:
         out, self._held = self._held, ""
         return out
+
+
+def _failure_function(stop: str) -> list[int]:
+    """KMP's table: for each prefix of `stop`, the length of its longest proper border."""
+    failure = [0] * len(stop)
+    border = 0
+    for i in range(1, len(stop)):
+        while border and stop[i] != stop[border]:
+            border = failure[border - 1]
+        if stop[i] == stop[border]:
+            border += 1
+        failure[i] = border
+    return failure
 
 
 def completion_budget(request: ChatRequest, prompt_tokens: int, context_length: int) -> int:
@@ -54,8 +91,12 @@ class Generation:
         self._prompt = prompt
         self.model = request.model
         self.completion_tokens = 0
+        self.progressed_at = time.monotonic()
+        """When the backend last produced something (monotonic): the watchdog reads it."""
         self.outcome: str | None = None
         """How it ended (completed, cancelled, failed), set by whoever ran it."""
+        self.stopped_by: str | None = None
+        """Why the worker itself stopped it early (stalled, caller_gone, bus_lost), if so."""
 
     async def events(self) -> AsyncIterator[Delta | Done]:
         request, spec = self._request, self._backend.spec
@@ -69,8 +110,10 @@ class Generation:
         matcher = StopMatcher(request.stop)
         stopped = False
         counted: RuntimeUsage | None = None
+        self.progressed_at = time.monotonic()
         async with aclosing(self._backend.stream(self._prompt, sampling)) as pieces:
             async for piece in pieces:
+                self.progressed_at = time.monotonic()
                 if isinstance(piece, RuntimeUsage):
                     counted = piece
                     continue

@@ -16,6 +16,11 @@ GENERATIONS = Counter("edge_llm_generations", "Generations ended", ["model", "ou
 TOKENS = Counter("edge_llm_generated_tokens", "Tokens generated", ["model"])
 LEASE_WAIT = Histogram("edge_llm_lease_wait_seconds", "Wait for the NPU lease", buckets=BUCKETS)
 SWITCH = Histogram("edge_llm_model_switch_seconds", "Model loads with evictions", buckets=BUCKETS)
+WATCHDOG = Counter(
+    "edge_llm_watchdog",
+    "Stalled generations: aborted, or the worker exiting because the abort did not return",
+    ["action"],
+)
 
 
 class LiveState(Collector):

@@ -6,6 +6,9 @@ Cancel messages may overtake the request they cancel: those are remembered for a
 """
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
 from collections import OrderedDict
 
@@ -27,6 +30,10 @@ from edge_llm.residency import CannotFit, Residency
 log = structlog.get_logger(__name__)
 
 SHUTTING_DOWN = "The llm service shut down before this generation ended; try again."
+STALLED = "The model produced no token for {stall_s:g} s; the generation was aborted. Try again."
+BUS_LOST_AFTER_S = 2 * wire.ALIVE_INTERVAL_S
+"""Off the bus this long, a generation has nobody to hear it (reconnects take well under)."""
+WEDGED_EXIT_CODE = 70  # EX_SOFTWARE: the backend did not return from an abort
 EARLY_CANCEL_TTL_S = 60.0
 EARLY_CANCEL_MAX = 1024
 
@@ -42,8 +49,18 @@ class Stats(msgspec.Struct, kw_only=True):
 
 
 class LlmServer:
-    def __init__(self, nc: Client, residency: Residency, lease: NpuLease) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        residency: Residency,
+        lease: NpuLease,
+        *,
+        stall_s: float,
+        abort_grace_s: float,
+    ) -> None:
         self._nc = nc
+        self._stall_s = stall_s
+        self._abort_grace_s = abort_grace_s
         self.residency = residency
         self._lease = lease
         self._gpu = asyncio.Lock()  # the accelerator runs one generation at a time, FIFO
@@ -54,6 +71,8 @@ class LlmServer:
         self._ended = {"completed": 0, "cancelled": 0, "failed": 0}
         self._ended_tokens = 0
         self._draining = False
+        self.instance = nc.new_inbox().rsplit(".", 1)[1]
+        """This worker's id, named in Accepted: it answers on wire.alive_subject(instance)."""
 
     def stats(self) -> Stats:
         current = self._current
@@ -101,7 +120,8 @@ class LlmServer:
             task = asyncio.create_task(self._run(request, backend, prompt))
             self._active[request.request_id] = task
             task.add_done_callback(lambda _: self._active.pop(request.request_id, None))
-        await req.respond(wire.encode(wire.Accepted(prompt_tokens=len(prompt))))
+        accepted = wire.Accepted(prompt_tokens=len(prompt), instance=self.instance)
+        await req.respond(wire.encode(accepted))
 
     async def on_cancel(self, msg: Msg) -> None:
         request_id = wire.decode_cancel(msg.data).request_id
@@ -123,7 +143,8 @@ class LlmServer:
         queued_at = time.perf_counter()
         this = asyncio.current_task()
         assert this is not None
-        alive = asyncio.create_task(self._keep_alive(request.stream_to, this))
+        alive = asyncio.create_task(self._keep_alive(request.stream_to, this, generation))
+        watchdog: asyncio.Task[None] | None = None
         try:
             async with self._gpu, self._lease.hold(request.model) as npu:
                 metrics.LEASE_WAIT.observe(time.perf_counter() - queued_at)
@@ -136,6 +157,7 @@ class LlmServer:
                     metrics.SWITCH.observe(time.perf_counter() - switching)
                 started = time.perf_counter()
                 log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
+                watchdog = asyncio.create_task(self._watch(generation, request.stream_to, this))
                 async for event in generation.events():
                     if npu.lost.is_set():
                         raise LeaseLost(npu.key)  # another job may own the NPU now: stop
@@ -151,14 +173,20 @@ class LlmServer:
         except asyncio.CancelledError:
             if self._current is not generation:
                 self._queued -= 1  # cancelled while waiting for its turn: it never ran
-            if self._draining:  # not the caller's doing: tell it now, not at its idle timeout
+            stalled = generation.stopped_by == "stalled"
+            if stalled or self._draining:  # not the caller's doing: tell it now
                 self._finish(generation, "failed")
-                log.warning("llm.generation_stopped", reason="shutdown")
-                stopped = wire.Failed(code="unavailable", message=SHUTTING_DOWN)
+                log.warning("llm.generation_stopped", reason="stalled" if stalled else "shutdown")
+                message = STALLED.format(stall_s=self._stall_s) if stalled else SHUTTING_DOWN
+                stopped = wire.Failed(code="unavailable", message=message)
                 await self._nc.publish(request.stream_to, wire.encode(stopped))
                 return
             self._finish(generation, "cancelled")
-            log.info("llm.generation_cancelled", completion_tokens=generation.completion_tokens)
+            log.info(
+                "llm.generation_cancelled",
+                reason=generation.stopped_by or "cancel",
+                completion_tokens=generation.completion_tokens,
+            )
         except Exception:
             self._finish(generation, "failed")
             log.exception("llm.generation_failed")
@@ -166,22 +194,69 @@ class LlmServer:
             await self._nc.publish(request.stream_to, wire.encode(failed))
         finally:
             alive.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
 
-    async def _keep_alive(self, stream_to: str, run: asyncio.Task[None]) -> None:
+    async def _keep_alive(
+        self, stream_to: str, run: asyncio.Task[None], generation: Generation
+    ) -> None:
         """Tell the router, every ALIVE_INTERVAL_S, that we still hold its request; as a
         request, so that NATS says at once when nobody listens any more (the router died
-        or lost the bus): then `run` is cancelled instead of generating for nobody."""
+        or lost the bus): then `run` is cancelled instead of generating for nobody. So it
+        is when we are off the bus for BUS_LOST_AFTER_S: the router has given up on it by
+        then, and the NPU is better free when the bus comes back."""
         alive = wire.encode(wire.Alive())
+        down_since: float | None = None
         while True:
             await asyncio.sleep(wire.ALIVE_INTERVAL_S)
+            if not self._nc.is_connected:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since >= BUS_LOST_AFTER_S:
+                    log.warning("llm.bus_lost", seconds=round(now - down_since, 1))
+                    generation.stopped_by = "bus_lost"
+                    run.cancel()
+                    return
+                continue
+            down_since = None
             try:
                 await self._nc.request(stream_to, alive, timeout=wire.ALIVE_INTERVAL_S)
             except NoRespondersError:
                 log.warning("llm.caller_gone")
+                generation.stopped_by = "caller_gone"
                 run.cancel()
                 return
             except NatsTimeout:
                 pass  # the router is busy; it still listens
+
+    async def _watch(self, generation: Generation, stream_to: str, run: asyncio.Task[None]) -> None:
+        """Abort `run` once its backend produced nothing for stall_s; if the backend does not
+        return from that abort within abort_grace_s, it is wedged (a runtime stuck in a
+        library call cannot be freed from here): tell the caller and exit the process so
+        that its supervisor starts a fresh one."""
+        # a timer re-armed to the last token (not a poll): no per-token cost in the generation
+        while (idle := time.monotonic() - generation.progressed_at) < self._stall_s:  # noqa: ASYNC110
+            await asyncio.sleep(self._stall_s - idle)
+        log.warning(
+            "llm.generation_stalled",
+            stall_s=self._stall_s,
+            completion_tokens=generation.completion_tokens,
+        )
+        metrics.WATCHDOG.labels("abort").inc()
+        generation.stopped_by = "stalled"
+        run.cancel()
+        await asyncio.wait([run], timeout=self._abort_grace_s)
+        if run.done():
+            return
+        metrics.WATCHDOG.labels("exit").inc()
+        log.error("llm.watchdog_exit", abort_grace_s=self._abort_grace_s, code=WEDGED_EXIT_CODE)
+        failed = wire.Failed(code="unavailable", message=STALLED.format(stall_s=self._stall_s))
+        with contextlib.suppress(Exception):  # best effort: we are going down regardless
+            await self._nc.publish(stream_to, wire.encode(failed))
+            await self._nc.flush(timeout=1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(WEDGED_EXIT_CODE)  # not SystemExit: the wedged thread would block shutdown
 
     async def drain(self, grace_s: float) -> None:
         """Shutting down (the micro service already stopped): what runs or waits may finish

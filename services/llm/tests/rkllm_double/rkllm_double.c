@@ -4,7 +4,15 @@
  * thread through the result callback, max_new_tokens of them: first a special token without
  * text (as the runtime does with skip_special_token), then " t1", " t2", ... (token ids
  * 1000+i); then FINISH with perf stats counting all of them. rkllm_abort stops it; an input
- * holding token 666 gets an ERROR. Every call records what it received in a text log (key=value lines) that
+ * holding token 666 gets an ERROR; token 667 makes it stall after the first token until
+ * aborted, token 668 stall for ever, ignoring rkllm_abort (a wedged NPU).
+ *
+ * The KV cache is modelled as a count of positions: a run appends its input and each token
+ * it generates, and the numbers in the text count from the cache's size at the start
+ * (" t1" on an empty cache, " t7" on one holding 6 positions), so that leftover context
+ * shows in the output. keep_history=0 discards the run's history when the run completes;
+ * an aborted or failed run leaves its positions behind until rkllm_clear_kv_cache (rkllm.h
+ * promises no more than that). Every call records what it received in a text log (key=value lines) that
  * tests read with edge_double_record(); edge_double_layout() reports offsets and sizes.
  * Built by the test suite with the system C compiler.
  */
@@ -80,6 +88,7 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static RKLLMCallback g_cb;
 static int32_t g_max_new_tokens = 16;
 static volatile int g_abort, g_running;
+static int g_kv_size; /* positions held in the modelled KV cache */
 static int g_handle_storage;
 
 static void record(const char *fmt, ...) {
@@ -125,6 +134,21 @@ int rkllm_abort(LLMHandle handle) { (void)handle; g_abort = 1; record("aborted=1
 int rkllm_is_running(LLMHandle handle) { (void)handle; return g_running ? 0 : 1; }
 int rkllm_release_prompt_cache(LLMHandle handle) { (void)handle; return 0; }
 
+int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_pos, int *end_pos) {
+    (void)handle;
+    record("kv.clear=%d\nkv.clear_keep_system_prompt=%d\nkv.clear_range=%d\n", g_kv_size, keep_system_prompt,
+           start_pos != NULL || end_pos != NULL);
+    if (g_running) return -1;
+    g_kv_size = 0;
+    return 0;
+}
+
+int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
+    (void)handle;
+    cache_sizes[0] = g_kv_size;
+    return 0;
+}
+
 int rkllm_set_chat_template(LLMHandle handle, const char *system, const char *prefix, const char *postfix) {
     (void)handle;
     record("template.system=%s\ntemplate.prefix=%s\ntemplate.postfix=%s\n", system, prefix, postfix);
@@ -137,12 +161,15 @@ int rkllm_load_prompt_cache(LLMHandle handle, const char *path) {
     return access(path, R_OK) == 0 ? 0 : -1;
 }
 
-typedef struct { size_t n_input; int32_t n_new; int error; void *userdata; } Job;
+typedef enum { FLOW_NORMAL, FLOW_STALL, FLOW_WEDGE } Flow;
+typedef struct { size_t n_input; int32_t n_new; int error; Flow flow; int keep_history; void *userdata; } Job;
 
 static void *generate(void *arg) {
     Job *job = arg;
     RKLLMResult r;
     char text[32];
+    int history = g_kv_size;
+    g_kv_size += (int)job->n_input; /* prefilled, whatever happens next */
     if (job->error) {
         memset(&r, 0, sizeof r);
         g_cb.result_callback(&r, job->userdata, RKLLM_RUN_ERROR);
@@ -152,13 +179,17 @@ static void *generate(void *arg) {
     int emitted = 0;
     for (int i = 0; i < job->n_new && !g_abort; i++) {
         memset(&r, 0, sizeof r);
-        snprintf(text, sizeof text, " t%d", i);
+        snprintf(text, sizeof text, " t%d", history + i);
         r.text = i == 0 ? NULL : text;
         r.token_id = 1000 + i;
         emitted++;
+        g_kv_size++;
         if (g_cb.result_callback(&r, job->userdata, RKLLM_RUN_NORMAL) != 0) break;
         usleep(3000);
+        while (job->flow == FLOW_STALL && !g_abort) usleep(1000);
+        while (job->flow == FLOW_WEDGE) usleep(100000); /* rkllm_abort is not heard */
     }
+    if (!g_abort && !job->keep_history) g_kv_size = 0; /* completed: its history discarded */
     memset(&r, 0, sizeof r);
     r.perf.prefill_tokens = (int)job->n_input;
     r.perf.prefill_time_ms = 1.5f;
@@ -172,7 +203,8 @@ static void *generate(void *arg) {
 
 int rkllm_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userdata) {
     if (handle != &g_handle_storage) return -1;
-    Job job = {0, ip->max_new_tokens > 0 ? ip->max_new_tokens : g_max_new_tokens, 0, userdata};
+    Job job = {0, ip->max_new_tokens > 0 ? ip->max_new_tokens : g_max_new_tokens, 0, FLOW_NORMAL, ip->keep_history,
+               userdata};
     record("run.role=%s\nrun.enable_thinking=%d\nrun.input_type=%d\n", in->role ? in->role : "", in->enable_thinking,
            in->input_type);
     if (in->input_type == RKLLM_INPUT_TOKEN) {
@@ -180,11 +212,14 @@ int rkllm_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userd
         for (size_t i = 0; i < in->token_input.n_tokens; i++) {
             sum += in->token_input.input_ids[i];
             if (in->token_input.input_ids[i] == 666) job.error = 1;
+            if (in->token_input.input_ids[i] == 667) job.flow = FLOW_STALL;
+            if (in->token_input.input_ids[i] == 668) job.flow = FLOW_WEDGE;
         }
         job.n_input = in->token_input.n_tokens;
         record("run.n_tokens=%zu\nrun.token_sum=%lld\n", in->token_input.n_tokens, sum);
     }
-    record("run.mode=%d\nrun.keep_history=%d\nrun.max_new_tokens=%d\n", ip->mode, ip->keep_history, ip->max_new_tokens);
+    record("run.mode=%d\nrun.keep_history=%d\nrun.max_new_tokens=%d\nrun.kv_size=%d\n", ip->mode, ip->keep_history,
+           ip->max_new_tokens, g_kv_size);
     if (ip->sampling_params)
         record("run.top_k=%d\nrun.top_p=%.3f\nrun.temperature=%.3f\nrun.repeat_penalty=%.3f\n", ip->sampling_params->top_k,
                ip->sampling_params->top_p, ip->sampling_params->temperature, ip->sampling_params->repeat_penalty);

@@ -1,6 +1,7 @@
 """HTTP surface: OpenAI-compatible endpoints, the route explainer and /health. Framing only."""
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,10 +27,12 @@ from edge_router.errors import (
     invalid_body,
     invalid_json,
     model_not_found,
+    too_deep,
 )
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
-from edge_router.ratelimit import RateLimits
+from edge_router.processes import supervised
+from edge_router.ratelimit import RateLimits, Ticket, counts
 from edge_router.request_id import request_id_of
 from edge_router.settings import PolicySettings, RouterSettings
 
@@ -61,9 +64,12 @@ def _number(request: Request[Any, Any, Any], *names: str) -> float | None:
     for name in names:
         if value := request.headers.get(name):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                raise InvalidRequest(f"Header {name} must be a number.", param=name) from None
+                number = math.nan
+            if not math.isfinite(number):  # inf and nan would overflow or poison the queue
+                raise InvalidRequest(f"Header {name} must be a number.", param=name)
+            return number
     return None
 
 
@@ -115,10 +121,15 @@ def _route_headers(routed: Routed) -> dict[str, str]:
 async def chat_body(request: Request[Any, Any, Any]) -> tuple[p.ChatCompletionRequest, Any]:
     """The body decoded strictly, as OpenAI does ("5" is no integer, 0 no boolean; Litestar's
     own parsing is lenient), and as plain JSON (passed on to cloud upstreams)."""
+    body = await request.body()
     try:
-        raw = msgspec.json.decode(await request.body())
+        raw = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise invalid_json(exc) from None
+    except UnicodeDecodeError as exc:  # msgspec lets the codec's error through
+        raise invalid_json(msgspec.DecodeError(f"JSON must be UTF-8: {exc}")) from None
+    except RecursionError:  # msgspec decodes as deep as the interpreter's recursion limit
+        raise too_deep(body) from None
     try:
         return msgspec.convert(raw, p.ChatCompletionRequest), raw
     except msgspec.ValidationError as exc:
@@ -137,7 +148,9 @@ async def chat_completions(
     caller = caller_of(request, settings)
     seen = Observation(data.model, raw["messages"] if settings.log_content else None)
     limit_headers: dict[str, str] = {}
+    ticket: Ticket | None = None
     try:
+        chat.validate(data)  # a request no model takes costs no rate limit
         if (key := key_of(request)) and (key.rpm or key.tpm or key.max_parallel):
             budget = data.max_completion_tokens or data.max_tokens or COMPLETION_ESTIMATE
             ticket = limits.admit(key, policy.prompt_tokens_estimate(data) + budget)
@@ -146,8 +159,10 @@ async def chat_completions(
             request,
             chat.handle(data, raw, request_id_of(request.scope), caller, seen),
         )
-    except ApiError as exc:
-        seen.done(exc.status)
+    except Exception as exc:
+        if ticket and not counts(exc):
+            ticket.refund()  # it reached no model (the settlement in `done` is then a no-op)
+        seen.done(exc.status if isinstance(exc, ApiError) else 500)
         raise
     d = routed.decision
     seen.routed(d.target, d.model)
@@ -166,11 +181,24 @@ async def chat_completions(
 
 @post("/v1/route/explain", status_code=200, responses=ERROR_RESPONSES)
 async def explain_route(
-    chat: ChatService, settings: RouterSettings, request: Request[Any, Any, Any]
-) -> dict[str, Any]:
-    """Where this chat request would go, and why, without running it."""
+    chat: ChatService,
+    limits: RateLimits,
+    settings: RouterSettings,
+    request: Request[Any, Any, Any],
+) -> Response[dict[str, Any]]:
+    """Where this chat request would go, and why, without running it (one request of the
+    key's requests per minute, no tokens)."""
     data, _ = await chat_body(request)
-    return await chat.explain(data, caller_of(request, settings))
+    chat.validate(data)
+    caller = caller_of(request, settings)
+    ticket = limits.admit(key, None) if (key := key_of(request)) and key.rpm else None
+    try:
+        explained = await chat.explain(data, caller)
+    except Exception:
+        if ticket:
+            ticket.refund()  # no explanation, no request counted
+        raise
+    return Response(explained, headers=ticket.headers if ticket else {})
 
 
 def _models(catalog: LocalCatalog, cloud: CloudClient) -> list[p.ModelObject]:
@@ -217,8 +245,11 @@ async def health(
     sysfs = Path(settings.sysfs_root)  # the catalog is kept fresh in the background
     zone = npu_temperature(sysfs)
     temp = zone.celsius if zone else None
+    processes = supervised(settings.supervisor_file)
+    failed = any(p.state == "failed" for p in processes.values())
     return {
-        "status": "ok" if catalog.cards else "degraded",
+        "status": "ok" if catalog.cards and not failed else "degraded",
+        "processes": processes,
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
         "auth": "on" if settings.keys_file else "off",
         "nats": {"connected": state.nc.is_connected},

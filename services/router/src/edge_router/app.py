@@ -67,7 +67,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
             admission = Admission(depth=settings.queue_depth, concurrency=lambda: catalog.instances)
-            live = LiveState(admission, cloud, Path(settings.sysfs_root))
+            live = LiveState(admission, cloud, Path(settings.sysfs_root), settings.supervisor_file)
             REGISTRY.register(live)
             stack.callback(REGISTRY.unregister, live)
             app.state.update(

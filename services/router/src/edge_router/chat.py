@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -25,7 +25,7 @@ from edge_router import protocol as p
 from edge_router.admission import Admission
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, BadGateway, InvalidRequest, Unavailable
-from edge_router.llm_client import LlmClient
+from edge_router.llm_client import Events, LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.settings import InputLimits, PolicySettings
 
@@ -50,40 +50,22 @@ class Routed(msgspec.Struct, frozen=True):
     body: Body
 
 
-def _text(content: p.Text | list[p.ContentPart] | None, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for part in content:
-        if isinstance(part, p.ImagePart):
-            raise InvalidRequest(
-                "This model does not accept images.",
-                param=f"messages[{index}].content",
-                code="image_not_supported",
-            )
-        parts.append(part.text)
-    return "\n".join(parts)
-
-
-def _unsupported(what: str, param: str) -> InvalidRequest:
-    return InvalidRequest(f"Local models do not support {what}.", param=param, code="unsupported")
+ROLES: dict[type, Literal["system", "user", "assistant"]] = {
+    p.SystemMessage: "system",
+    p.DeveloperMessage: "system",
+    p.UserMessage: "user",
+    p.AssistantMessage: "assistant",
+}
 
 
 def _messages(messages: list[p.Message]) -> list[wire.ChatMessage]:
-    out = []
-    for i, m in enumerate(messages):
-        match m:
-            case p.SystemMessage() | p.DeveloperMessage():
-                out.append(wire.ChatMessage(role="system", content=_text(m.content, i)))
-            case p.UserMessage():
-                out.append(wire.ChatMessage(role="user", content=_text(m.content, i)))
-            case p.AssistantMessage():
-                if m.tool_calls:
-                    raise _unsupported("tool calls", f"messages[{i}].tool_calls")
-                out.append(wire.ChatMessage(role="assistant", content=_text(m.content, i)))
-            case p.ToolMessage():
-                raise _unsupported("tool messages", f"messages[{i}].role")
-    return out
+    """The conversation as text. The routing policy sends a request to a local model only
+    within that model's capabilities (no images, tools or tool messages for a text model)."""
+    return [
+        wire.ChatMessage(role=ROLES[type(m)], content=policy.text_of(m))
+        for m in messages
+        if type(m) in ROLES
+    ]
 
 
 def _check_image(url: str, limits: InputLimits, param: str) -> None:
@@ -133,15 +115,12 @@ def check(request: p.ChatCompletionRequest, limits: InputLimits) -> None:
             for j, part in enumerate(message.content):
                 if isinstance(part, p.ImagePart) and part.image_url.url.startswith("data:"):
                     _check_image(part.image_url.url, limits, f"messages[{i}].content[{j}]")
-    if request.n != 1:
+    if request.n not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
 
 
 def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> wire.ChatRequest:
-    """A checked request (see `check`) as the llm worker takes it."""
-    for name in ("tools", "response_format", "logprobs"):
-        if getattr(request, name):
-            raise _unsupported(name, name)
+    """A checked request (see `check`), routed to local `model`, as the llm worker takes it."""
     stop = [request.stop] if isinstance(request.stop, str) else (request.stop or [])
     return wire.ChatRequest(
         request_id=request_id,
@@ -164,6 +143,23 @@ def _usage(done: wire.Done) -> p.Usage:
 
 
 UsageSink = Callable[[p.Usage], None]
+
+
+async def _started(events: Events) -> Events:
+    """`events`, once its first event has arrived (errors before it raise here)."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def replay() -> Events:
+        async with aclosing(events):
+            yield first
+            async for event in events:
+                yield event
+
+    return replay()
 
 
 async def _usage_taken(payloads: AsyncIterator[bytes], watcher: "Watcher") -> AsyncIterator[bytes]:
@@ -195,7 +191,7 @@ def _ignore(_: p.Usage) -> None:
 
 
 async def chunks(
-    events: AsyncIterator[wire.Delta | wire.Done],
+    events: Events,
     id_: str,
     model: str,
     include_usage: bool,
@@ -252,7 +248,8 @@ class ChatService:
         zone = npu_temperature(self._sysfs_root)
         return policy.State(
             local=policy.Local(
-                models=self._catalog.windows(),
+                models=self._catalog.cards,
+                down=self._catalog.down,
                 queue_wait_s=self._admission.estimate_s(),
                 switch_s=self._catalog.switch_costs(),
                 queue_full=self._admission.full,
@@ -264,8 +261,12 @@ class ChatService:
             local_only=caller.local_only or self._local_only,
         )
 
-    async def explain(self, request: p.ChatCompletionRequest, caller: Caller) -> dict[str, Any]:
+    def validate(self, request: p.ChatCompletionRequest) -> None:
+        """What no target accepts (see `check`): before anything counts the request."""
         check(request, self._limits)
+
+    async def explain(self, request: p.ChatCompletionRequest, caller: Caller) -> dict[str, Any]:
+        """Where a validated request would go, and why."""
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         score, named = policy.complexity(features, self._policy)
@@ -290,8 +291,8 @@ class ChatService:
         caller: Caller,
         watcher: Watcher,
     ) -> Routed:
-        """Route and run; `watcher` hears the queue wait and the token counts."""
-        check(request, self._limits)
+        """Route and run a validated request; `watcher` hears the queue wait and the token
+        counts."""
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         decision = policy.decide(request.model, features, state, self._policy)
@@ -349,13 +350,16 @@ class ChatService:
             )
             watcher.queued(time.perf_counter() - arrived)
             events = await self._submit(wire_request)
+            # the first event before answering: a worker that fails before its first token
+            # (gone, overloaded) makes this raise, so that the request can fall back
+            events = await _started(events)
             if request.stream:
                 return self._local_stream(
                     wire_request, include_usage, events, held.pop_all(), watcher.counted
                 )
             return _json.encode(await self._collect(events, d.model, request_id))
 
-    async def _submit(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
+    async def _submit(self, request: wire.ChatRequest) -> Events:
         try:
             events = await self._llm.stream_chat(request)
         except Unavailable:
@@ -367,7 +371,7 @@ class ChatService:
         self,
         request: wire.ChatRequest,
         include_usage: bool,
-        events: AsyncIterator[wire.Delta | wire.Done],
+        events: Events,
         held: AsyncExitStack,
         on_usage: UsageSink,
     ) -> AsyncIterator[bytes]:
@@ -377,9 +381,7 @@ class ChatService:
                 yield _json.encode(chunk)
 
     @staticmethod
-    async def _collect(
-        events: AsyncIterator[wire.Delta | wire.Done], model: str, request_id: str
-    ) -> p.ChatCompletion:
+    async def _collect(events: Events, model: str, request_id: str) -> p.ChatCompletion:
         text: list[str] = []
         done: wire.Done | None = None
         async for event in events:

@@ -175,6 +175,51 @@ def invalid_body(exc: msgspec.ValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=path or None, code="invalid_value")
 
 
+# A JSON string, or one structural character: enough to follow nesting and keys.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+SCAN_DEPTH = 256
+"""Nesting depth from which `too_deep` looks for the field: far below the ~1000 levels at
+which decoding fails, far above any real schema."""
+SCAN_TOKENS = 200_000
+"""At most this many tokens are scanned for the field (bounded work on a hostile body)."""
+
+
+def _field_nesting_deeper(body: bytes, depth: int) -> str | None:
+    """The field (as `tools[0].function`) under which `body` first nests deeper than `depth`."""
+    path: list[str | int] = []  # per open container: its current key or index
+    last = b""
+    for count, match in enumerate(_JSON_TOKEN.finditer(body)):
+        token = match.group()
+        if count > SCAN_TOKENS:
+            break
+        if token in (b"[", b"{"):
+            if len(path) >= depth:
+                # the first three steps name the field: `messages[0].content`, `tools[0].x`
+                steps = (f"[{s}]" if isinstance(s, int) else f".{s}" for s in path[:3])
+                return "".join(steps).removeprefix(".")
+            path.append(0 if token == b"[" else "")
+        elif token in (b"]", b"}") and path:
+            path.pop()
+        elif token == b"," and path and isinstance(path[-1], int):
+            path[-1] += 1
+        elif token == b":" and path:
+            path[-1] = last[1:-1].decode(errors="replace")
+        else:
+            last = token
+    return None
+
+
+def too_deep(body: bytes) -> InvalidRequest:
+    """A body nested too deeply to decode, naming the field when a bounded scan finds it."""
+    param = _field_nesting_deeper(body, SCAN_DEPTH)
+    where = f" in '{param}'" if param else ""
+    return InvalidRequest(
+        f"We could not parse the JSON body of your request: it is nested too deeply{where}.",
+        param=param,
+        code="invalid_json",
+    )
+
+
 class HttpError(ApiError):
     """Litestar's own HTTP errors (405, 413, ...), in our shape with their status."""
 

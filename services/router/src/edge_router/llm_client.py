@@ -4,29 +4,45 @@
 workers serving that model: one takes it), and yields the worker's events. If the
 consumer stops early (client gone, error), the worker is told to cancel. Transport
 failures become ApiErrors here and nowhere else.
+
+A worker that dies is seen within about two seconds without tight timers: after a second
+without events the router asks the worker's own alive subject, and NATS answers "no
+responders" at once when that worker's connection is gone. A worker that is only slow (a
+saturated CPU) answers late or not at all, which is no alarm: only `idle_timeout` of total
+silence ends its stream. While the router's own bus connection is down, nothing is sent and
+open streams end at once: the workers cannot reach us either.
 """
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 import structlog
 from edge_common import wire
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import (
     BadSubscriptionError,
     ConnectionClosedError,
     ConnectionDrainingError,
+    ConnectionReconnectingError,
+    MaxPayloadError,
     NoRespondersError,
 )
 from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from edge_router.errors import ApiError, from_wire, unavailable
+from edge_router.errors import InvalidRequest, from_wire, unavailable
 
 log = structlog.get_logger(__name__)
+PROBE_S = wire.ALIVE_INTERVAL_S
+"""Silence after which the router asks NATS whether the worker is still connected."""
+BUS_DOWN = "The message bus is unreachable; try again shortly."
+WORKER_GONE = "The llm worker serving this request stopped; try again shortly."
+Events = AsyncGenerator[wire.Delta | wire.Done, None]
+_GONE = (ConnectionClosedError, ConnectionDrainingError, ConnectionReconnectingError)
 
 
 class WorkerData(msgspec.Struct):
@@ -72,8 +88,10 @@ class LlmClient:
         with contextlib.suppress(BadSubscriptionError, ConnectionClosedError):
             await sub.unsubscribe()
 
-    async def stream_chat(self, request: wire.ChatRequest) -> AsyncIterator[wire.Delta | wire.Done]:
+    async def stream_chat(self, request: wire.ChatRequest) -> Events:
         """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
+        if not self._nc.is_connected:
+            raise unavailable(BUS_DOWN)
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
         self._streams.add(sub)
@@ -91,6 +109,16 @@ class LlmClient:
             raise unavailable(
                 f"No llm service serving `{request.model}` is running; try again shortly."
             ) from None
+        except MaxPayloadError:
+            await self._drop(sub)
+            raise InvalidRequest(
+                "The messages are too long for the local model: reduce their length.",
+                param="messages",
+                code="context_length_exceeded",
+            ) from None
+        except _GONE:
+            await self._drop(sub)
+            raise unavailable(BUS_DOWN) from None
         except NatsTimeout:
             await self._drop(sub)
             # the request may still be queued on a worker that is slow to answer
@@ -103,17 +131,42 @@ class LlmClient:
                 reply.headers.get(ERROR_HEADER, ""),
                 request.request_id,
             )
-        wire.decode_accepted(reply.data)  # a worker that answers otherwise is not one of ours
-        return self._events(request.request_id, sub)
+        # a worker that answers otherwise is not one of ours
+        accepted = wire.decode_accepted(reply.data)
+        return self._events(request.request_id, sub, accepted.instance)
 
-    async def _events(self, request_id: str, sub) -> AsyncIterator[wire.Delta | wire.Done]:
+    async def _next(self, sub: Subscription, instance: str) -> Msg:
+        """The worker's next event; ApiError once the worker is known to be gone."""
+        loop = asyncio.get_running_loop()
+        silent_until = loop.time() + self._idle_timeout
+        while True:
+            try:
+                return await sub.next_msg(timeout=min(PROBE_S, self._idle_timeout))
+            except NatsTimeout:
+                pass
+            if not self._nc.is_connected:
+                raise unavailable(BUS_DOWN)
+            if loop.time() >= silent_until:
+                raise unavailable("The llm worker stopped responding; try again shortly.")
+            if instance and not await self._connected(instance):
+                raise unavailable(WORKER_GONE)
+
+    async def _connected(self, instance: str) -> bool:
+        """False only when NATS knows the worker's connection is gone (no responders); a
+        slow answer is no proof of death."""
+        try:
+            await self._nc.request(wire.alive_subject(instance), b"", timeout=PROBE_S)
+        except NoRespondersError:
+            return False
+        except (NatsTimeout, *_GONE):
+            pass
+        return True
+
+    async def _events(self, request_id: str, sub: Subscription, instance: str) -> Events:
         finished = False
         try:
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=self._idle_timeout)
-                except NatsTimeout:
-                    raise ApiError("The llm service stopped responding.", code="timeout") from None
+                msg = await self._next(sub, instance)
                 event = wire.decode_event(msg.data)
                 if isinstance(event, wire.Alive):
                     await msg.respond(b"")  # we still listen
@@ -129,10 +182,10 @@ class LlmClient:
             # shielded: this runs when the HTTP client went away and our task is cancelled
             await asyncio.shield(self._close(request_id, sub, finished))
 
-    async def _close(self, request_id: str, sub, finished: bool) -> None:
+    async def _close(self, request_id: str, sub: Subscription, finished: bool) -> None:
         if not finished:
-            # shutting down, the bus may be gone: the worker then notices by its keepalives
-            with contextlib.suppress(ConnectionClosedError, ConnectionDrainingError):
+            # the bus may be gone: the worker then notices by its keepalives
+            with contextlib.suppress(*_GONE):
                 await self._cancel(request_id)
         await self._drop(sub)
 
@@ -141,7 +194,9 @@ class LlmClient:
         await self._nc.publish(
             wire.cancel_subject(request_id), wire.encode(wire.Cancel(request_id=request_id))
         )
-        await self._nc.flush()
+        if self._nc.is_connected:  # else it goes out on reconnect, when a flush could hang
+            with contextlib.suppress(NatsTimeout):
+                await self._nc.flush(timeout=PROBE_S)
 
     async def discover(self, window: float) -> "Discovery":
         """What the running llm instances serve and hold: scatter STATS, gather replies for

@@ -4,6 +4,11 @@ switch costs, and how many workers there are.
 Refreshed from the llm services' micro STATS in the background, and at once when a request
 names a model it does not know (requests that miss together share one round: a flood of
 unknown names costs one round at a time, not one each).
+
+A model leaves the catalog when a request for it finds no worker (NATS knows at once), or
+when MISSED_ROUNDS discovery rounds in a row did not hear of it (one late STATS answer from a
+busy worker is no reason to stop routing to it). A model that left is remembered as `down`,
+so that a request naming it gets 503 and Retry-After, not 404.
 """
 
 import asyncio
@@ -14,6 +19,7 @@ from edge_common.wire import ModelCard
 from edge_router.llm_client import LlmClient
 
 log = structlog.get_logger(__name__)
+MISSED_ROUNDS = 2
 
 
 class LocalCatalog:
@@ -22,15 +28,26 @@ class LocalCatalog:
         self._window_s = window_s
         self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
+        self.down: frozenset[str] = frozenset()
+        """Models served before and gone now."""
+        self._missed: dict[str, int] = {}
         self.instances = 0
         self.resident: set[str] = set()
         self.switch_s = 0.0
 
     async def refresh(self) -> None:
         found = await self._llm.discover(self._window_s)
+        for model in self.cards.keys() - found.cards.keys():
+            self._missed[model] = self._missed.get(model, 0) + 1
+        for model in found.cards:
+            self._missed.pop(model, None)
+        kept = {m: c for m, c in self.cards.items() if self._missed.get(m, 0) < MISSED_ROUNDS}
+        gone = self.cards.keys() - kept.keys()
         # resident models first: the first one is what `local` and `auto` use
-        ordered = sorted(found.cards.values(), key=lambda c: c.id not in found.resident)
+        cards = kept | found.cards
+        ordered = sorted(cards.values(), key=lambda c: c.id not in found.resident)
         self.cards = {card.id: card for card in ordered}
+        self.down = (self.down | gone) - self.cards.keys()
         self.instances, self.resident, self.switch_s = (
             found.instances,
             found.resident,
@@ -46,7 +63,9 @@ class LocalCatalog:
 
     def mark_down(self, model: str) -> None:
         """No worker answered a request for `model`: it is gone until discovery finds it."""
-        self.cards.pop(model, None)
+        if self.cards.pop(model, None) is not None:
+            self.down |= {model}
+        self._missed.pop(model, None)
         self.resident.discard(model)
         if not self.cards:
             self.instances = 0
@@ -62,6 +81,3 @@ class LocalCatalog:
             except Exception:  # the bus may be reconnecting: keep the last view
                 log.exception("router.catalog_refresh_failed")
             await asyncio.sleep(interval_s)
-
-    def windows(self) -> dict[str, int]:
-        return {card.id: card.context_length for card in self.cards.values()}

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from edge_router import protocol as p
 from edge_router.admission import Admission
 from edge_router.cloud import CloudClient
+from edge_router.processes import supervised
 
 log = structlog.get_logger("edge_router.requests")
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -41,7 +42,10 @@ class Observation:
         self.messages = messages
         self.completion: list[str] = []
         self.started = time.perf_counter()
-        self.route, self.model = "none", model
+        # a label only once routed (an id the router knows): junk names would each add a
+        # metric series for good; the log keeps (the start of) what was asked
+        self.route, self.model = "none", "none"
+        self.asked = model[:200]
         self.ttft_s: float | None = None
         self.queue_wait_s: float | None = None
         self.usage: p.Usage | None = None
@@ -84,6 +88,7 @@ class Observation:
             "request.completed",
             route=self.route,
             model=self.model,
+            asked=self.asked,
             status=status,
             queue_wait_s=None if self.queue_wait_s is None else round(self.queue_wait_s, 4),
             ttft_s=None if self.ttft_s is None else round(self.ttft_s, 4),
@@ -101,8 +106,11 @@ class Observation:
 class LiveState(Collector):
     """Gauges and counters that are the current state of live objects."""
 
-    def __init__(self, admission: Admission, cloud: CloudClient, sysfs_root: Path) -> None:
+    def __init__(
+        self, admission: Admission, cloud: CloudClient, sysfs_root: Path, supervisor_file: str = ""
+    ) -> None:
         self._admission, self._cloud, self._sysfs_root = admission, cloud, sysfs_root
+        self._supervisor_file = supervisor_file
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         q = self._admission.status()
@@ -125,3 +133,12 @@ class LiveState(Collector):
             breaker.add_metric([name], float(b.state == "open"))
         yield retries
         yield breaker
+        restarts = CounterMetricFamily(
+            "edge_process_restarts", "Restarts by the supervisor", labels=["process"]
+        )
+        up = GaugeMetricFamily("edge_process_up", "1 if running", labels=["process"])
+        for name, status in supervised(self._supervisor_file).items():
+            restarts.add_metric([name], status.restarts)
+            up.add_metric([name], float(status.state == "running"))
+        yield restarts
+        yield up

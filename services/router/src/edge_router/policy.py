@@ -7,12 +7,16 @@ output, many turns, non-Latin script) and the board (local service up, NPU tempe
 queue wait) and picks local or cloud, naming a fallback for when the first choice fails.
 `local`, `cloud` and concrete model ids are honoured, or refused with the reason.
 Local-only requests never reach the cloud.
+
+What a local model can serve (images, tools, structured output, logprobs) is decided here and
+only here, from the capabilities its worker advertises (edge_common.wire.Capabilities).
 """
 
 import re
 from typing import Literal
 
 import msgspec
+from edge_common.wire import ModelCard
 
 from edge_router import protocol as p
 from edge_router.errors import Forbidden, InvalidRequest, model_not_found, unavailable
@@ -59,14 +63,18 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
     """Distinct multi-step reasoning markers (step by step, analyse, compare, plan...)."""
     tools: bool
     json_schema: bool
+    """`response_format` asks for JSON (json_object or json_schema; `text` is plain chat)."""
     images: bool
+    logprobs: bool
     max_tokens: int | None
     non_latin: bool
 
 
 class Local(msgspec.Struct, frozen=True, kw_only=True):
-    models: dict[str, int]
-    """Model id -> context window, of the running llm services (empty: none up)."""
+    models: dict[str, ModelCard]
+    """The models of the running llm services (empty: none up), the default one first."""
+    down: frozenset[str] = frozenset()
+    """Models served before whose workers are gone now."""
     queue_wait_s: float = 0.0
     queue_full: bool = False
     switch_s: dict[str, float] = {}
@@ -101,7 +109,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     fallback: Choice | None = None
 
 
-def _text(message: p.Message) -> str:
+def text_of(message: p.Message) -> str:
+    """A message's text parts, joined by newlines (images and the like left out)."""
     content = message.content
     if content is None or isinstance(content, str):
         return content or ""
@@ -137,14 +146,14 @@ def _estimate(texts: list[str]) -> int:
 
 
 def prompt_tokens_estimate(request: p.ChatCompletionRequest) -> int:
-    return _estimate([_text(m) for m in request.messages])
+    return _estimate([text_of(m) for m in request.messages])
 
 
 def features_of(request: p.ChatCompletionRequest) -> Features:
-    texts = [_text(m) for m in request.messages]
+    texts = [text_of(m) for m in request.messages]
     text = "\n".join(texts)
     user_text = _scan_window(
-        [_text(m) for m in request.messages if isinstance(m, p.UserMessage)]
+        [text_of(m) for m in request.messages if isinstance(m, p.UserMessage)]
     ).lower()
     images = any(
         isinstance(m, p.UserMessage)
@@ -167,6 +176,7 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
         ),
         json_schema=schema.get("type") in ("json_schema", "json_object"),
         images=images,
+        logprobs=bool(request.logprobs or request.top_logprobs),
         max_tokens=request.max_completion_tokens or request.max_tokens,
         non_latin=_mostly_non_latin(text),
     )
@@ -198,24 +208,28 @@ def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
     return score, named
 
 
-def _local_cannot(f: Features) -> str | None:
-    """What local models cannot do at all, or None."""
-    if f.tools:
-        return "tools need a cloud model"
-    if f.json_schema:
-        return "structured output needs a cloud model"
-    if f.images:
-        return "images need a cloud model"
+def _local_cannot(f: Features, card: ModelCard) -> tuple[str, str] | None:
+    """(what, the request field) that `card`'s model cannot serve, or None."""
+    can = card.capabilities
+    for asked, able, what, param in (
+        (f.images, can.vision, "images", "messages"),
+        (f.tools, can.tools, "tools", "tools"),
+        (f.json_schema, can.json_output, "structured output", "response_format"),
+        (f.logprobs, can.logprobs, "logprobs", "logprobs"),
+    ):
+        if asked and not able:
+            return what, param
     return None
 
 
-def _local_limits(f: Features, window: int, cfg: PolicySettings) -> str | None:
+def _local_limits(f: Features, card: ModelCard, cfg: PolicySettings) -> str | None:
     """Why a local model should not take this request, or None.
 
     The window check uses the token estimate: the worker checks exact counts itself.
     """
-    if cannot := _local_cannot(f):
-        return cannot
+    if cannot := _local_cannot(f, card):
+        return f"{cannot[0]} need a model that supports them"
+    window = card.context_length
     wanted = f.prompt_tokens + (f.max_tokens or 0)
     if f.prompt_tokens > window * cfg.local_prompt_share or wanted > window:
         return f"about {wanted} tokens exceed the local {window}-token window"
@@ -266,14 +280,19 @@ def decide(model: str, f: Features, s: State, cfg: PolicySettings) -> Decision:
         return _pinned_local(_default_local(s) if model == "local" else model, f, s, cfg)
     if model == "cloud" or model in s.cloud.models:
         return _pinned_cloud(_default_cloud(s) if model == "cloud" else model, s)
+    if model in s.local.down:
+        raise unavailable(f"Model `{model}` is not running right now; try again shortly.")
     raise model_not_found(model)
 
 
 def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings) -> Decision:
     if model is None:
         raise unavailable("No local model is running; try again shortly.")
-    if cannot := _local_cannot(f):
-        raise InvalidRequest(f"Model `{model}` runs locally: {cannot}.", code="unsupported")
+    if cannot := _local_cannot(f, s.local.models[model]):
+        what, param = cannot
+        raise InvalidRequest(
+            f"Model `{model}` does not support {what}.", param=param, code="unsupported"
+        )
     pressure, refused = _local_pressure(s.local, cfg, model)
     if refused:
         raise unavailable(f"Model `{model}` cannot run now: {pressure}.")
@@ -295,8 +314,7 @@ def _pinned_cloud(model: str, s: State) -> Decision:
 def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     local_model = _default_local(s)
     cloud, no_cloud = _cloud_choice(_default_cloud(s), s)
-    window = s.local.models.get(local_model or "", 0)
-    limit = _local_limits(f, window, cfg) if local_model else None
+    limit = _local_limits(f, s.local.models[local_model], cfg) if local_model else None
     pressure, refused = _local_pressure(s.local, cfg, local_model or "")
     score, named = complexity(f, cfg)
     hard = score >= cfg.hard_score

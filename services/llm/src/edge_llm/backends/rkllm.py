@@ -5,6 +5,10 @@ with its tokenizer.json, so prompt lengths are exact and the context window is e
 before the library sees anything; the runtime gets token input and adds no template of its
 own. `rkllm_run` runs in a thread; the result callback hands each token to asyncio; closing
 the stream calls `rkllm_abort`. Usage comes from the runtime's perf stats.
+
+Every run discards its history (keep_history=0), but rkllm.h promises that only for a run
+that completes: after an aborted or failed run the KV cache is cleared before the next one,
+so that nothing of it reaches the next request.
 """
 
 import ctypes
@@ -72,7 +76,9 @@ class RkllmBackend:
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._render = self._template.from_string(spec.chat_template)
         size = Path(spec.path).stat().st_size
-        self.card = ModelCard(id=spec.id, context_length=spec.context_length, owned_by="edge-npu")
+        self.card = ModelCard(
+            id=spec.id, context_length=spec.context_length, owned_by="edge-npu", device="npu"
+        )
         self.footprint_mb = spec.memory_mb or round(size * 1.1 / 2**20)
         self._lib: ctypes.CDLL | None = None
         self._handle = abi.LLMHandle()
@@ -80,6 +86,7 @@ class RkllmBackend:
         self._callback = abi.LLMResultCallback(self._on_result)
         self._emit: Callable[[object], None] | None = None
         self._failed = False
+        self._dirty = False  # the KV cache may hold an aborted or failed run's context
         self._save_cache = bool(spec.prompt_cache) and not Path(spec.prompt_cache).exists()
 
     @property
@@ -117,6 +124,7 @@ class RkllmBackend:
         ):
             raise RkllmError(f"rkllm_load_prompt_cache({s.prompt_cache}) failed")
         self._lib = lib
+        self._dirty = False
 
     def unload(self) -> None:
         if self._lib is not None:
@@ -156,7 +164,13 @@ class RkllmBackend:
         lib, handle, spec = self._lib, self._handle, self.spec
         assert lib is not None, f"model {spec.id} is not loaded"
 
-        def produce(emit: Callable[[object], None], _: threading.Event) -> None:
+        def produce(emit: Callable[[object], None], stop: threading.Event) -> None:
+            if self._dirty:
+                rc = lib.rkllm_clear_kv_cache(handle, 0, None, None)
+                log.info("llm.rkllm_kv_cleared", model=spec.id, rc=rc)
+                if rc != 0:
+                    raise RkllmError(f"rkllm_clear_kv_cache failed ({rc})")
+                self._dirty = False
             ids = (ctypes.c_int32 * len(prompt))(*prompt)
             request = abi.RKLLMInput(role=b"user", enable_thinking=False)
             request.input_type = abi.RKLLM_INPUT_TOKEN
@@ -180,10 +194,12 @@ class RkllmBackend:
                 infer.prompt_cache_params = ctypes.pointer(cache)
                 self._save_cache = False
             self._emit, self._failed = emit, False
+            self._dirty = True
             try:
                 rc = lib.rkllm_run(handle, ctypes.byref(request), ctypes.byref(infer), None)
             finally:
                 self._emit = None
+            self._dirty = self._failed or rc != 0 or stop.is_set()
             if self._failed or rc != 0:
                 raise RkllmError(f"rkllm_run failed ({'ERROR state' if self._failed else rc})")
 
