@@ -163,7 +163,7 @@ TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The double built with the system C compiler, a word-level tokenizer.json in which
     "boom", "stall" and "wedge" are tokens 666-668 (the double's ERROR, stall-until-aborted
     and stall-for-ever markers), and a stand-in .rkllm file."""
@@ -182,9 +182,20 @@ def rkllm_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | st
     tokenizer.pre_tokenizer = WhitespaceSplit()
     tokenizer.save(str(root / "tokenizer.json"))
     (root / "model.rkllm").write_bytes(b"\0" * 4096)
-    return {
+    files: dict[str, Any] = {
         "library": library,
         "tokenizer": root / "tokenizer.json",
         "model": root / "model.rkllm",
         "template": TEMPLATE,
     }
+    # an EDGE_LLM_MODELS entry for the double (JSON-ready)
+    files["spec"] = {
+        "backend": "rkllm",
+        "id": "npu-model",
+        "path": str(files["model"]),
+        "tokenizer": str(files["tokenizer"]),
+        "chat_template": TEMPLATE,
+        "library": str(library),
+        "context_length": 1024,
+    }
+    return files

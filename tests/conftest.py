@@ -8,6 +8,7 @@ from typing import TypeVar
 import httpx
 import pytest
 from edge_llm.backends.llamacpp import bundled_model
+from fake_openai import FakeOpenAI
 from llama_cpp import Llama
 from openai import AsyncOpenAI, OpenAI
 
@@ -73,3 +74,12 @@ def _wait_for(probe: Callable[[], T], timeout: float = 10.0) -> T:
 def wait_for() -> Callable[..., object]:
     """Poll a condition of another process until it holds (it offers no event to wait on)."""
     return _wait_for
+
+
+@pytest.fixture(scope="module")
+async def cloud() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible upstream (fake_openai) for the module's routers."""
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()

@@ -2,7 +2,6 @@
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,14 +18,6 @@ HARD = "Think step by step and analyse the trade-offs of microservices."
 @pytest.fixture(scope="module")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(tmp_path_factory.mktemp("keys")) / "keys.json"
-
-
-@pytest.fixture(scope="module")
-async def cloud() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture(scope="module")

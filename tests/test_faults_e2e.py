@@ -4,6 +4,7 @@ A real generation failure cannot be provoked in llama.cpp on demand, so a stand-
 joins the bus: it speaks the real llm wire protocol and fails where we tell it to.
 """
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -132,3 +133,30 @@ async def test_failure_mid_stream_is_a_final_error_event(bare, failing_worker) -
     assert seen == ["", "tok ", "tok "]
     assert not isinstance(err.value, InternalServerError)  # it came in-band, on a 200 stream
     assert "0x7f3a" not in str(err.value)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_hole_in_the_events_is_an_error_not_a_partial_answer(bare, stream: bool) -> None:
+    """Events are numbered (NATS delivers at most once): a worker whose second event never
+    arrived gives a 503 (or, once streaming, an error event), never an answer with a hole."""
+
+    def events() -> list[wire.Event]:
+        done = wire.Done(finish_reason="stop", prompt_tokens=1, completion_tokens=3, n=4)
+        return [wire.Delta(text="a", n=1), wire.Delta(text="c", n=3), done]
+
+    nats, router = bare
+    async with (
+        stand_in(nats, "holey", events),
+        httpx.AsyncClient(base_url=router.url) as http,
+    ):
+        response = await http.post(
+            "/v1/chat/completions", json={**BODY, "model": "holey", "stream": stream}
+        )
+    if stream:
+        assert response.status_code == 200
+        last = [line for line in response.text.splitlines() if line.startswith("data: ")][-1]
+        assert json.loads(last.removeprefix("data: "))["error"]["code"] == "service_unavailable"
+        assert '"c"' not in response.text
+    else:
+        assert response.status_code == 503
+        assert "lost" in response.json()["error"]["message"]

@@ -5,7 +5,6 @@ connections, and only requests that reach a model spend a key's rate limits."""
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -213,14 +212,6 @@ def test_local_messages_over_the_bus_payload_limit_are_a_400(http: httpx.Client)
 
 
 # --- deep but decodable JSON, relayed to a cloud -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def cloud() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,7 @@ MODEL = "qwen-npu"
 @pytest.fixture(scope="module")
 def npu_stack(rkllm_files, launch, new_nats, tmp_path_factory) -> Iterator[tuple[str, object]]:
     root = Path(tmp_path_factory.mktemp("npu"))
-    spec = {
-        "backend": "rkllm",
-        "id": MODEL,
-        "path": str(rkllm_files["model"]),
-        "tokenizer": str(rkllm_files["tokenizer"]),
-        "chat_template": rkllm_files["template"],
-        "library": str(rkllm_files["library"]),
-        "context_length": 1024,
-    }
+    spec = {**rkllm_files["spec"], "id": MODEL}
     with new_nats(root) as nats:
         env = {**nats.env, "EDGE_LLM_MODELS": json.dumps([spec])}
         worker = launch("llm", root, env)

@@ -106,11 +106,11 @@ def test_killed_nats_is_restarted_with_its_store(tmp_path: Path) -> None:
     assert b"-m" not in argv.split(b"\0")  # no monitoring port
 
 
-async def test_worker_failing_at_every_start_is_left_failed(tmp_path: Path) -> None:
+async def test_worker_failing_at_every_start_is_left_failed(
+    tmp_path: Path, cloud: FakeOpenAI
+) -> None:
     """A worker whose model file is missing crashes at every start: after the burst (3) it
     is failed, /health and /metrics say so, and the cloud model is still served."""
-    cloud = FakeOpenAI()
-    await cloud.start()
     upstream = {"name": "fake", "base_url": cloud.url, "models": ["cloud-model"]}
     env = {
         **FAST,
@@ -118,22 +118,17 @@ async def test_worker_failing_at_every_start_is_left_failed(tmp_path: Path) -> N
         "EDGE_LLM_MODELS": json.dumps([{"backend": "llamacpp", "path": "/missing.gguf"}]),
         "EDGE_ROUTER_UPSTREAMS": json.dumps([upstream]),
     }
+    up = EdgeUp(tmp_path, env)
+    await asyncio.to_thread(up.__enter__)
     try:
-        up = EdgeUp(tmp_path, env)
-        await asyncio.to_thread(up.__enter__)
-        try:
-            health = await asyncio.to_thread(
-                up.wait_health, lambda h: h["processes"]["llm"]["state"] == "failed"
-            )
-            async with httpx.AsyncClient(base_url=up.url, timeout=20) as http:
-                reply = await http.post(
-                    "/v1/chat/completions", json={**LOCAL, "model": "cloud-model"}
-                )
-                metrics = (await http.get("/metrics")).text
-        finally:
-            await asyncio.to_thread(up.__exit__)
+        health = await asyncio.to_thread(
+            up.wait_health, lambda h: h["processes"]["llm"]["state"] == "failed"
+        )
+        async with httpx.AsyncClient(base_url=up.url, timeout=20) as http:
+            reply = await http.post("/v1/chat/completions", json={**LOCAL, "model": "cloud-model"})
+            metrics = (await http.get("/metrics")).text
     finally:
-        await cloud.stop()
+        await asyncio.to_thread(up.__exit__)
     llm = health["processes"]["llm"]
     assert health["status"] == "degraded"
     assert (llm["restarts"], llm["pid"]) == (2, None)

@@ -3,7 +3,6 @@ slow to start one: streams end as soon as the router can know, never hang, and a
 worker is not mistaken for a dead one (it sends keepalives)."""
 
 import asyncio
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -13,28 +12,7 @@ import pytest
 from edge_common.npu_lease import NpuLease
 from edge_common.stack import Proc
 from nats import connect
-
-LONG = {"role": "user", "content": "Write a very long story about a lighthouse keeper."}
-# Greedy, so that a generation runs to max_tokens (sampled, it may end at any point)
-STREAM = {"model": "smollm2-135m-instruct", "messages": [LONG], "stream": True, "temperature": 0}
-
-
-def stream_and_stop(
-    router_url: str, worker, max_tokens: int, sig: int = signal.SIGTERM
-) -> list[dict | str]:
-    """Stream a chat; signal the worker once the first token arrived; all events."""
-    events: list[dict | str] = []
-    with httpx.stream(
-        "POST", f"{router_url}/v1/chat/completions", json={**STREAM, "max_tokens": max_tokens}
-    ) as response:
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line.removeprefix("data: ")
-            events.append(data if data == "[DONE]" else json.loads(data))
-            if len(events) == 2:  # the role chunk, then the first token
-                worker.proc.popen.send_signal(sig)
-    return events
+from streaming import STREAM, stream_then
 
 
 @pytest.mark.parametrize(
@@ -50,7 +28,8 @@ def test_worker_shutdown_mid_stream(
         worker = launch("llm", tmp_path, env)
         router = launch("router", tmp_path, {**nats.env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "60"})
         try:
-            events = stream_and_stop(router.url, worker, max_tokens)
+            sigterm = lambda: worker.proc.popen.send_signal(signal.SIGTERM)  # noqa: E731
+            events, _ = stream_then(router.url, sigterm, max_tokens)
             # by its own SIGTERM handling (uvicorn re-raises the signal once shut down), not
             # a crash or the SIGKILL of stop(): also when the grace runs out
             assert worker.proc.popen.wait(30) == -signal.SIGTERM

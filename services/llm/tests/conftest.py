@@ -3,6 +3,7 @@
 import ctypes
 from typing import Any
 
+import msgspec
 import pytest
 from edge_llm.backends import Backend, create_backend
 from edge_llm.backends.llamacpp import LlamaCppModel
@@ -26,16 +27,7 @@ class Double:
         self._lib.edge_double_record.restype = ctypes.c_char_p
 
     def spec(self, **kw: object) -> RkllmModel:
-        fields = {
-            "id": "npu-model",
-            "path": str(self.files["model"]),
-            "tokenizer": str(self.files["tokenizer"]),
-            "chat_template": self.files["template"],
-            "library": str(self.files["library"]),
-            "context_length": 1024,
-            **kw,
-        }
-        return RkllmModel(**fields)  # type: ignore[arg-type]
+        return msgspec.convert({**self.files["spec"], **kw}, RkllmModel)
 
     def record(self) -> dict[str, str]:
         """What the double received since the last reset, last value of each key."""

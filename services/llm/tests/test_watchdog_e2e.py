@@ -17,15 +17,7 @@ async def test_wedged_runtime_makes_the_worker_exit(
     """A generation stalled past stall_s whose abort does not return within abort_grace_s
     ends with Failed(unavailable) to the caller, then the worker exits with code 70 and
     logs llm.watchdog_exit."""
-    spec = {
-        "backend": "rkllm",
-        "id": "npu-model",
-        "path": str(rkllm_files["model"]),
-        "tokenizer": str(rkllm_files["tokenizer"]),
-        "chat_template": rkllm_files["template"],
-        "library": str(rkllm_files["library"]),
-        "context_length": 1024,
-    }
+    spec = rkllm_files["spec"]
     with new_nats(tmp_path) as bus:
         env = {
             **bus.env,

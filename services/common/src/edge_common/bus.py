@@ -9,7 +9,7 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import nats
 import structlog
@@ -22,7 +22,8 @@ log = structlog.get_logger(__name__)
 
 
 Listener = Callable[[], Awaitable[None]]
-_reconnect_listeners: "weakref.WeakKeyDictionary[Client, list[Listener]]" = (
+BusEvent = Literal["disconnect", "reconnect"]
+_listeners: "weakref.WeakKeyDictionary[Client, dict[BusEvent, list[Listener]]]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -30,7 +31,17 @@ _reconnect_listeners: "weakref.WeakKeyDictionary[Client, list[Listener]]" = (
 def on_reconnect(nc: Client, listener: Listener) -> None:
     """Call `listener` each time `nc` (made by `connect`) is back on the bus: nats-py has one
     reconnect callback per client, and several parts of a service need to hear it."""
-    _reconnect_listeners.setdefault(nc, []).append(listener)
+    _listeners.setdefault(nc, {}).setdefault("reconnect", []).append(listener)
+
+
+def on_disconnect(nc: Client, listener: Listener) -> None:
+    """Call `listener` each time `nc` (made by `connect`) loses the bus."""
+    _listeners.setdefault(nc, {}).setdefault("disconnect", []).append(listener)
+
+
+async def _tell(nc: Client, event: BusEvent) -> None:
+    for listener in _listeners.get(nc, {}).get(event, []):
+        await listener()
 
 
 class BusUnreachable(RuntimeError):
@@ -62,13 +73,14 @@ async def connect(
         if "authorization violation" in str(exc).lower() and not refused.done():
             refused.set_result(exc)
 
-    async def on_disconnect() -> None:
+    async def disconnected() -> None:
         log.warning("nats.disconnected")
+        if connecting.done() and not connecting.cancelled() and not connecting.exception():
+            await _tell(connecting.result(), "disconnect")
 
     async def reconnected() -> None:
         log.info("nats.reconnected")
-        for listener in _reconnect_listeners.get(connecting.result(), []):
-            await listener()
+        await _tell(connecting.result(), "reconnect")
 
     connecting = asyncio.ensure_future(
         nats.connect(
@@ -77,7 +89,7 @@ async def connect(
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=on_error,
-            disconnected_cb=on_disconnect,
+            disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )
     )

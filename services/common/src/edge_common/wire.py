@@ -88,12 +88,18 @@ class Accepted(Wire, tag="accepted"):
 
 class Delta(Wire, tag="delta"):
     text: str
+    n: int = 0
+    """1, 2, 3... over a request's Deltas and its Done. NATS delivers at most once: a gap
+    means events were lost (a NATS restart), and the router ends the request with an error
+    rather than pass on a partial answer. 0: not numbered."""
 
 
 class Done(Wire, tag="done"):
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    n: int = 0
+    """The next number after the last Delta's (see Delta.n)."""
 
 
 class Failed(Wire, tag="failed"):

@@ -158,7 +158,9 @@ class LlmServer:
                 started = time.perf_counter()
                 log.info("llm.generation_started", model=request.model, prompt_tokens=len(prompt))
                 watchdog = asyncio.create_task(self._watch(generation, request.stream_to, this))
+                n = 0
                 async for event in generation.events():
+                    n += 1
                     if npu.lost.is_set():
                         raise LeaseLost(npu.key)  # another job may own the NPU now: stop
                     if isinstance(event, wire.Done):
@@ -169,7 +171,8 @@ class LlmServer:
                             completion_tokens=generation.completion_tokens,
                             seconds=round(time.perf_counter() - started, 3),
                         )
-                    await self._nc.publish(request.stream_to, wire.encode(event))
+                    numbered = msgspec.structs.replace(event, n=n)  # see wire.Delta.n
+                    await self._nc.publish(request.stream_to, wire.encode(numbered))
         except asyncio.CancelledError:
             if self._current is not generation:
                 self._queued -= 1  # cancelled while waiting for its turn: it never ran

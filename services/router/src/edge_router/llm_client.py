@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 import msgspec
 import structlog
 from edge_common import wire
+from edge_common.bus import on_disconnect
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,6 +42,7 @@ PROBE_S = wire.ALIVE_INTERVAL_S
 """Silence after which the router asks NATS whether the worker is still connected."""
 BUS_DOWN = "The message bus is unreachable; try again shortly."
 WORKER_GONE = "The llm worker serving this request stopped; try again shortly."
+EVENTS_LOST = "Part of the answer was lost on the message bus; try again."
 Events = AsyncGenerator[wire.Delta | wire.Done, None]
 _GONE = (ConnectionClosedError, ConnectionDrainingError, ConnectionReconnectingError)
 
@@ -76,6 +78,12 @@ class LlmClient:
         self._accept_timeout = accept_timeout
         self._idle_timeout = idle_timeout
         self._streams: set[Subscription] = set()
+        self._disconnects = 0
+        """Bus disconnections so far: a stream that saw one may have lost events."""
+        on_disconnect(nc, self._disconnected)
+
+    async def _disconnected(self) -> None:
+        self._disconnects += 1
 
     async def aclose(self) -> None:
         """Stop listening to the streams still open (shutting down), so that the bus drains
@@ -133,19 +141,22 @@ class LlmClient:
             )
         # a worker that answers otherwise is not one of ours
         accepted = wire.decode_accepted(reply.data)
-        return self._events(request.request_id, sub, accepted.instance)
+        return self._events(request.request_id, sub, accepted.instance, self._disconnects)
 
-    async def _next(self, sub: Subscription, instance: str) -> Msg:
-        """The worker's next event; ApiError once the worker is known to be gone."""
+    async def _next(self, sub: Subscription, instance: str, disconnects: int) -> Msg:
+        """The worker's next event; ApiError once the worker is known to be gone, or the
+        bus was lost since the request started (events may have been lost with it)."""
         loop = asyncio.get_running_loop()
         silent_until = loop.time() + self._idle_timeout
         while True:
             try:
-                return await sub.next_msg(timeout=min(PROBE_S, self._idle_timeout))
+                msg = await sub.next_msg(timeout=min(PROBE_S, self._idle_timeout))
             except NatsTimeout:
-                pass
-            if not self._nc.is_connected:
+                msg = None
+            if not self._nc.is_connected or self._disconnects != disconnects:
                 raise unavailable(BUS_DOWN)
+            if msg is not None:
+                return msg
             if loop.time() >= silent_until:
                 raise unavailable("The llm worker stopped responding; try again shortly.")
             if instance and not await self._connected(instance):
@@ -162,11 +173,14 @@ class LlmClient:
             pass
         return True
 
-    async def _events(self, request_id: str, sub: Subscription, instance: str) -> Events:
+    async def _events(
+        self, request_id: str, sub: Subscription, instance: str, disconnects: int
+    ) -> Events:
         finished = False
+        expected = 1
         try:
             while True:
-                msg = await self._next(sub, instance)
+                msg = await self._next(sub, instance, disconnects)
                 event = wire.decode_event(msg.data)
                 if isinstance(event, wire.Alive):
                     await msg.respond(b"")  # we still listen
@@ -174,6 +188,10 @@ class LlmClient:
                 if isinstance(event, wire.Failed):
                     finished = True
                     raise from_wire(event.code, event.message, request_id)
+                if event.n and event.n != expected:  # see wire.Delta.n
+                    log.warning("router.events_lost", expected=expected, got=event.n)
+                    raise unavailable(EVENTS_LOST)
+                expected += 1
                 yield event
                 if isinstance(event, wire.Done):
                     finished = True

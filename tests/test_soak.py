@@ -1,0 +1,30 @@
+"""The soak's short form (bench/soak.py --short) as a test: a whole scripted day on the real
+stack that `edge-ai up` starts, in about a minute and a half."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+
+
+def test_short_soak_accounts_for_every_request(tmp_path: Path) -> None:
+    """Bursts, idle gaps past every TTL, long and hostile inputs, disconnects, kill -9 of the
+    worker and of nats-server: every request ends as a valid answer or a clean error in
+    time (none hung, none malformed), the router never restarts, the NPU lease is free."""
+    report_file, log = tmp_path / "soak.json", tmp_path / "stack.log"
+    argv = [sys.executable, str(SOAK), "--short", "--report", str(report_file)]
+    run = subprocess.run(
+        [*argv, "--stack-log", str(log)], capture_output=True, text=True, timeout=300
+    )
+    print(run.stdout)  # the soak's table, with -s
+    report = json.loads(report_file.read_text())
+    results = report["results"]
+    assert len(results) == report["sent"] > 100
+    assert [r for r in results if r["outcome"] == "HUNG"] == [], run.stdout
+    assert [r for r in results if r["problem"]] == [], run.stdout
+    assert report["router_restarts"] == 0
+    assert (report["lease"]["held"], report["lease"]["waiting"]) == ([], [])
+    assert report["failures"] == [], run.stdout
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
