@@ -34,3 +34,15 @@ bench-overload *args:
 # how fast the NPU lease is free: client disconnect vs a crashed holder (TTL)
 bench-cancel *args:
     python bench/cancel.py {{args}}
+
+# remake the default detector (SSD-MobileNet-v2 COCO, npm -> ONNX) into services/vision/models/
+vision-model:
+    services/vision/models/make_ssd_mobilenet.sh services/vision/models
+
+# a scripted day on `edge-ai up`: bursts, idle, hostile inputs, kill -9s; every request accounted
+bench-soak *args:
+    python bench/soak.py {{args}}
+
+# seconds from kill -9 (llm worker, nats-server) to the client's error, worker back, next 200
+bench-faults *args:
+    python bench/faults.py {{args}}
