@@ -167,3 +167,30 @@ def test_a_quick_nats_restart_mid_stream_ends_it_with_an_error(
     assert events[-1]["error"]["code"] == "service_unavailable"  # type: ignore[index]
     assert seconds < 5, seconds
     assert answer.status_code == 200
+
+
+def test_a_stalled_nats_server_leaves_no_deaf_router(launch, new_nats, tmp_path: Path) -> None:
+    """nats-server frozen (SIGSTOP) while a request waits for a worker, then resumed: the
+    request gets 503, and once the server answers again so does the stack (the router's
+    connection used to stay deaf for minutes while it called itself connected)."""
+    with new_nats(tmp_path) as nats:
+        worker = launch("llm", tmp_path, nats.env)
+        env = {**nats.env, "EDGE_ROUTER_ACCEPT_TIMEOUT_S": "2"}
+        router = launch("router", tmp_path, env)
+        body = {**STREAM, "stream": False, "max_tokens": 4}
+        try:
+            with httpx.Client(base_url=router.url, timeout=30) as http:
+                nats.proc.popen.send_signal(signal.SIGSTOP)
+                try:
+                    frozen = http.post("/v1/chat/completions", json=body)
+                finally:
+                    nats.proc.popen.send_signal(signal.SIGCONT)
+                resumed = time.monotonic()
+                answer = http.post("/v1/chat/completions", json=body)
+                while answer.status_code == 503 and time.monotonic() - resumed < 20:
+                    answer = http.post("/v1/chat/completions", json=body)  # catching up
+        finally:
+            router.proc.stop()
+            worker.proc.stop()
+    assert frozen.status_code == 503
+    assert answer.status_code == 200, answer.text

@@ -212,9 +212,8 @@ class LlmClient:
         await self._nc.publish(
             wire.cancel_subject(request_id), wire.encode(wire.Cancel(request_id=request_id))
         )
-        if self._nc.is_connected:  # else it goes out on reconnect, when a flush could hang
-            with contextlib.suppress(NatsTimeout):
-                await self._nc.flush(timeout=PROBE_S)
+        # No flush: nats-py's flusher sends it at once, and a flush that times out (a stalled
+        # server) leaves a cancelled future behind whose late PONG kills the read loop for good.
 
     async def discover(self, window: float) -> "Discovery":
         """What the running llm instances serve and hold: scatter STATS, gather replies for
