@@ -311,13 +311,17 @@ async def test_route_explain_takes_one_request(router_http, keys) -> None:
 # --- slow clients ------------------------------------------------------------------------
 
 HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 2.0
 GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
 def slow_router(router_with) -> tuple[str, int]:
-    """A router that gives a request head HEADER_TIMEOUT_S."""
-    url = router_with(EDGE_ROUTER_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S)).url
+    """A router that gives a request head HEADER_TIMEOUT_S and its body BODY_TIMEOUT_S."""
+    url = router_with(
+        EDGE_ROUTER_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        EDGE_ROUTER_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+    ).url
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
 
@@ -355,7 +359,7 @@ def test_heads_in_time_are_served(slow_router: tuple[str, int]) -> None:
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
             b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload)
         )
-        time.sleep(HEADER_TIMEOUT_S * 1.5)  # the body comes late: that is allowed
+        time.sleep(HEADER_TIMEOUT_S * 1.5)  # the body comes later than a head may: allowed
         sock.sendall(payload)
         answers = b""
         sock.settimeout(10)
@@ -367,3 +371,26 @@ def test_heads_in_time_are_served(slow_router: tuple[str, int]) -> None:
         assert HEADER_TIMEOUT_S - 0.1 <= time.monotonic() - started < HEADER_TIMEOUT_S + 2
     assert answers.count(b"HTTP/1.1 200 OK") == 1
     assert answers.count(b"HTTP/1.1 404 Not Found") == 1
+
+
+def test_a_trickled_body_is_cut_off(slow_router: tuple[str, int]) -> None:
+    """A complete head, then a body sent a byte at a time: the connection is closed once
+    the body timeout passes (it held a connection, and a key's parallel slot, forever)."""
+    with socket.create_connection(slow_router) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
+            b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        sock.settimeout(0.5)
+        closed = False
+        while not closed and time.monotonic() - started < BODY_TIMEOUT_S + 5:
+            try:
+                sock.sendall(b" ")
+                closed = sock.recv(65536) == b""
+            except TimeoutError:
+                continue  # still open: the client trickles on
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed
+        assert BODY_TIMEOUT_S - 0.1 <= time.monotonic() - started < BODY_TIMEOUT_S + 2

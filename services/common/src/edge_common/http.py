@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import h11
 import uvicorn
+from h11._util import Sentinel
 from litestar import Litestar
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -16,42 +17,57 @@ from edge_common.settings import ServiceSettings, SettingsError, load_settings
 S = TypeVar("S", bound=ServiceSettings)
 
 
-class _HeadTimeoutProtocol(H11Protocol):
+class _TimedRequestProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head (request line and
-    headers) is not complete `head_timeout_s` after it started: uvicorn waits for a head
-    forever, so slow clients (slowloris) could hold every connection. Bodies are not timed;
-    idle kept-alive connections are closed by uvicorn's keep-alive timeout."""
+    headers) is not complete `head_timeout_s` after it started, or whose body is not complete
+    `body_timeout_s` after the head: uvicorn waits for both forever, so slow clients
+    (slowloris, or a body sent a byte at a time) could hold every connection. Idle kept-alive
+    connections are closed by uvicorn's keep-alive timeout."""
 
     head_timeout_s = 10.0
-    _head_timer: asyncio.TimerHandle | None = None
+    body_timeout_s = 30.0
+    _timer: asyncio.TimerHandle | None = None
+    _timing: type[Sentinel] | None = None
+    """The client state being timed: IDLE (the head) or SEND_BODY."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        self._time(h11.IDLE)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.conn.their_state is h11.IDLE:
-            # the first bytes of the next request on a kept-alive connection
-            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        if self._timer is None and self.conn.their_state is h11.IDLE:
+            self._time(h11.IDLE)  # the first bytes of the next request on a kept-alive connection
         super().data_received(data)
-        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
-            self._head_timer.cancel()  # the head is complete
-            self._head_timer = None
+        state = self.conn.their_state
+        if state is not self._timing:
+            self._stop_timer()
+            if state is h11.SEND_BODY:
+                self._time(h11.SEND_BODY)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        self._stop_timer()
         super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _time(self, state: type[Sentinel]) -> None:
+        limit = self.head_timeout_s if state is h11.IDLE else self.body_timeout_s
+        self._timing = state
+        self._timer = self.loop.call_later(limit, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timing = None
+
+    def _timed_out(self) -> None:
+        self._timer = self._timing = None
         if not self.transport.is_closing():
             self.transport.close()
 
 
-def _protocol(timeout_s: float) -> type[H11Protocol]:
-    class Protocol(_HeadTimeoutProtocol):  # uvicorn makes one per connection from the class
-        head_timeout_s = timeout_s
+def _protocol(settings: ServiceSettings) -> type[H11Protocol]:
+    class Protocol(_TimedRequestProtocol):  # uvicorn makes one per connection from the class
+        head_timeout_s = settings.header_timeout_s
+        body_timeout_s = settings.body_timeout_s
 
     return Protocol
 
@@ -67,7 +83,7 @@ def main(service: str, settings_cls: type[S], create_app: Callable[[S], Litestar
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        http=_protocol(settings.header_timeout_s),
+        http=_protocol(settings),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]

@@ -33,6 +33,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     header_timeout_s: float = 10.0
     """A client must send a request's head (request line and headers) within this long of
     starting it, or its connection is closed: slow clients cannot hold connections."""
+    body_timeout_s: float = 30.0
+    """... and the request's body within this long of its head (an 8 MB body at 2 Mbit/s
+    takes 32 s: raise it for slow links)."""
     log_level: str = "info"
     """Log level: debug, info, warning, error."""
     shutdown_grace_s: float = 8.0
