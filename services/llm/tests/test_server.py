@@ -257,6 +257,19 @@ FRESH = [" t1", " t2", " t3", " t4"]
 """What the double answers `hello` with max_tokens=5 on an empty KV cache."""
 
 
+async def test_a_long_prefill_is_no_stall(own_bus, backend: Backend) -> None:
+    """A prompt whose prefill takes longer than stall_s (here 1 s) completes: llama.cpp shows
+    it is computing (its abort callback runs during every graph compute), and that counts as
+    progress, so the watchdog fires only when the runtime is really stuck."""
+    long = chat("long-prefill", "", messages=[wire.ChatMessage(role="user", content="hi " * 400)])
+    async with serving(own_bus, backend, stall_s=1.0) as (nc, server):
+        events, seconds = await ask(nc, msgspec.structs.replace(long, max_tokens=2))
+    assert isinstance(events[-1], wire.Done), events[-1]
+    assert events[-1].prompt_tokens > 400
+    assert seconds > 1.0  # the scenario: the prefill alone outlasted stall_s
+    assert server.stats().failed == 0
+
+
 def npu_chat(request_id: str, content: str, **kw: object) -> wire.ChatRequest:
     messages = [wire.ChatMessage(role="user", content=content)]
     return wire.ChatRequest(request_id=request_id, model=NPU, messages=messages, **kw)  # type: ignore[arg-type]

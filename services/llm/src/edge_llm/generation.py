@@ -92,11 +92,16 @@ class Generation:
         self.model = request.model
         self.completion_tokens = 0
         self.progressed_at = time.monotonic()
-        """When the backend last produced something (monotonic): the watchdog reads it."""
+        """When the backend last produced something (monotonic)."""
         self.outcome: str | None = None
         """How it ended (completed, cancelled, failed), set by whoever ran it."""
         self.stopped_by: str | None = None
         """Why the worker itself stopped it early (stalled, caller_gone, bus_lost), if so."""
+
+    def last_progress(self) -> float:
+        """When the backend last produced a token or showed it was computing (monotonic):
+        what the watchdog reads."""
+        return max(self.progressed_at, self._backend.computed_at)
 
     async def events(self) -> AsyncIterator[Delta | Done]:
         request, spec = self._request, self._backend.spec

@@ -238,7 +238,7 @@ class LlmServer:
         library call cannot be freed from here): tell the caller and exit the process so
         that its supervisor starts a fresh one."""
         # a timer re-armed to the last token (not a poll): no per-token cost in the generation
-        while (idle := time.monotonic() - generation.progressed_at) < self._stall_s:  # noqa: ASYNC110
+        while (idle := time.monotonic() - generation.last_progress()) < self._stall_s:  # noqa: ASYNC110
             await asyncio.sleep(self._stall_s - idle)
         log.warning(
             "llm.generation_stalled",

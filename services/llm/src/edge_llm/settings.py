@@ -36,10 +36,10 @@ class LlmSettings(ServiceSettings, frozen=True, kw_only=True):
     lease_ttl_s: float = 5.0
     """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
     stall_s: float = 30.0
-    """A generation that produces no token for this long is aborted (Failed: unavailable).
-    The first token comes after the whole prompt is prefilled: keep this above the prefill
-    time of the longest prompt the context allows on this board (a 4096-token prompt on the
-    RK3576's NPU takes seconds, on a CPU tens of seconds)."""
+    """A generation that shows no progress for this long is aborted (Failed: unavailable).
+    Progress is a token, or on llama.cpp any graph compute (a long prefill counts). RKLLM
+    shows only tokens: keep this above the prefill time of the longest prompt the context
+    allows on the board's NPU (seconds for 4096 tokens on the RK3576)."""
     abort_grace_s: float = 5.0
     """A backend that does not return this long after a stall abort is wedged: the worker
     exits (code 70, `llm.watchdog_exit`) for its supervisor to restart it."""

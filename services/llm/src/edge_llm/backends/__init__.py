@@ -21,6 +21,9 @@ class Backend(Protocol):
     spec: "ModelSpec"
     footprint_mb: int
     """Memory the loaded model takes."""
+    computed_at: float
+    """When the runtime last showed it was computing (monotonic), 0 if it cannot tell: the
+    watchdog counts it as progress, so a long prefill is not taken for a stall."""
 
     @property
     def loaded(self) -> bool: ...

@@ -9,6 +9,7 @@ checked whether or not the model is resident); the weights by `load()`.
 import codecs
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import distribution
 from pathlib import Path
@@ -64,9 +65,8 @@ class LlamaCppBackend:
         self._llm: Llama | None = None
         self._stop: threading.Event | None = None
         # llama.cpp asks this during every decode: a cancel interrupts even a long prefill
-        self._abort_check = llama_cpp.ggml_abort_callback(
-            lambda _: self._stop is not None and self._stop.is_set()
-        )
+        self._abort_check = llama_cpp.ggml_abort_callback(self._computing)
+        self.computed_at = 0.0
         self.interrupted_decodes = 0
         template = spec.chat_template or self._vocab.metadata.get("tokenizer.chat_template")
         if not template:
@@ -84,6 +84,12 @@ class LlamaCppBackend:
             id=spec.id, context_length=spec.context_length, created=int(path.stat().st_mtime)
         )
         self.footprint_mb = spec.memory_mb or round(path.stat().st_size * 1.2 / 2**20)
+
+    def _computing(self, _: object) -> bool:
+        """llama.cpp asks this during every graph compute (prefill batches included): note
+        the progress, and say whether to abort."""
+        self.computed_at = time.monotonic()
+        return self._stop is not None and self._stop.is_set()
 
     @property
     def loaded(self) -> bool:

@@ -69,6 +69,7 @@ class RkllmModel(ModelSettings, frozen=True, kw_only=True, tag="rkllm", tag_fiel
 
 class RkllmBackend:
     kind: Literal["rkllm"] = "rkllm"
+    computed_at = 0.0  # the runtime shows progress only by its tokens
 
     def __init__(self, spec: RkllmModel) -> None:
         self.spec = spec
