@@ -60,15 +60,17 @@ async def _sse(payloads: AsyncIterator[bytes], seen: Observation) -> AsyncIterat
         seen.done(status)
 
 
-def _number(request: Request[Any, Any, Any], *names: str) -> float | None:
+def _number(request: Request[Any, Any, Any], *names: str, positive: bool = False) -> float | None:
     for name in names:
         if value := request.headers.get(name):
             try:
                 number = float(value)
             except ValueError:
                 number = math.nan
-            if not math.isfinite(number):  # inf and nan would overflow or poison the queue
-                raise InvalidRequest(f"Header {name} must be a number.", param=name)
+            # inf and nan would overflow or poison the queue
+            if not math.isfinite(number) or (positive and number <= 0):
+                what = "a positive number" if positive else "a number"
+                raise InvalidRequest(f"Header {name} must be {what}.", param=name)
             return number
     return None
 
@@ -79,7 +81,7 @@ def caller_of(request: Request[Any, Any, Any], settings: RouterSettings) -> Call
     The deadline is `x-edge-deadline-s`, else the timeout the openai SDKs announce in
     `x-stainless-timeout`, else the configured default.
     """
-    deadline = _number(request, "x-edge-deadline-s", "x-stainless-timeout")
+    deadline = _number(request, "x-edge-deadline-s", "x-stainless-timeout", positive=True)
     key = key_of(request)
     asked_local = request.headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
     return Caller(

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+import structlog
 
+log = structlog.get_logger(__name__)
 Scope = Literal["chat", "embeddings", "vision", "rag:read", "rag:write", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("chat", "embeddings", "vision", "rag:read", "rag:write", "admin")
 PREFIX = "sk-edge-"
@@ -67,8 +69,12 @@ class KeyStore:
             return []
         stamp = (st.st_mtime_ns, st.st_ino, st.st_size)  # saves replace the file: new inode
         if stamp != self._stamp:
-            self._records = _records.decode(self._path.read_bytes()) if st.st_size else []
             self._stamp = stamp
+            try:
+                self._records = _records.decode(self._path.read_bytes()) if st.st_size else []
+            except (OSError, msgspec.DecodeError) as exc:
+                # a hand edit gone wrong: keep the keys last read (none at first: all 401)
+                log.error("router.keys_file_unreadable", path=str(self._path), error=str(exc))
         return self._records
 
     def find(self, key: str) -> KeyRecord | None:
