@@ -38,7 +38,7 @@ def test_metrics_parse_and_move(stack, http: httpx.Client, model: str) -> None:
     worker = samples(stack.llm.url)
     assert worker[("process_resident_memory_bytes", ())] > 0
     assert worker[("edge_llm_generations_total", (("model", model), ("outcome", "completed")))] >= 1
-    assert worker[("edge_llm_lease_wait_seconds_count", ())] >= 1
+    assert worker[("edge_worker_lease_wait_seconds_count", (("service", "llm"),))] >= 1
     assert worker[("edge_llm_resident_models", ())] == 1
 
 

@@ -176,7 +176,8 @@ async def test_slots_allow_that_many_holders(make_lease) -> None:
     """With two slots two jobs hold at once; a third waits for one of them."""
     a, b, c = [await make_lease(n, slots=2) for n in ("a", "b", "c")]
     async with a.hold("llm"), b.hold("vision"):
-        assert sorted(s.owner for s in c.status().held) == ["a", "b"]
+        # c's view follows the bucket: wait until it has seen both holders
+        await until(c, lambda lease: sorted(s.owner for s in lease.status().held) == ["a", "b"])
         third = asyncio.create_task(_hold_once(c))
         await until(a, lambda lease: lease.status().waiting == ["c"])
         assert not third.done()

@@ -12,9 +12,10 @@ import nats
 import pytest
 from edge_common import bus, wire
 from edge_common.npu_lease import NpuLease
+from edge_common.worker import STALLED
 from edge_llm.backends import Backend, create_backend
 from edge_llm.residency import Residency
-from edge_llm.server import STALLED, LlmServer
+from edge_llm.server import LlmServer
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 from prometheus_client import REGISTRY
@@ -39,7 +40,8 @@ async def serving(
         residency = Residency({backend.card.id: backend}, pinned=backend.card.id)
         await residency.ensure(backend.card.id)
         server = LlmServer(nc, residency, lease, stall_s=stall_s, abort_grace_s=abort_grace_s)
-        sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
+        listening = contextlib.AsyncExitStack()
+        await server.start(listening)
         async with bus.serve(
             nc,
             name="llm",
@@ -54,7 +56,7 @@ async def serving(
                 with contextlib.suppress(ConnectionResetError):
                     await nc.close()
                 return
-        await sub.unsubscribe()
+        await listening.aclose()
         await lease.stop()
 
 
@@ -159,7 +161,7 @@ async def test_cancel_stops_running_generation(served) -> None:
     await submit(nc, chat("running", sub.subject, max_tokens=1500))
     first = await next_event(sub)
     assert isinstance(first, wire.Delta)
-    await nc.publish(wire.cancel_subject("running"), wire.encode(wire.Cancel(request_id="running")))
+    await cancel(nc, "running")
     reply = await submit(nc, chat("after", sub.subject, max_tokens=3))
     assert not reply.headers
     events = await events_until_end(sub)
@@ -179,12 +181,12 @@ async def test_cancel_before_request_and_while_queued(served) -> None:
     nc, server = served
     before = server.stats()
     sub = await nc.subscribe(nc.new_inbox())
-    await nc.publish(wire.cancel_subject("early"), wire.encode(wire.Cancel(request_id="early")))
+    await cancel(nc, "early")
     await nc.flush()
     await submit(nc, chat("blocker", sub.subject, max_tokens=20))
     await submit(nc, chat("early", sub.subject, max_tokens=20))
     await submit(nc, chat("queued", sub.subject, max_tokens=20))
-    await nc.publish(wire.cancel_subject("queued"), wire.encode(wire.Cancel(request_id="queued")))
+    await cancel(nc, "queued")
     events = await events_until_end(sub)
     assert isinstance(events[-1], wire.Done)
     assert events[-1].completion_tokens == 20
@@ -225,6 +227,13 @@ async def ask(nc: Client, request: wire.ChatRequest) -> tuple[list[wire.Event], 
     events = await events_until_end(sub)
     await sub.unsubscribe()
     return events, time.monotonic() - started
+
+
+async def cancel(nc: Client, request_id: str) -> None:
+    """What the router sends when its client went away."""
+    await nc.publish(
+        wire.cancel_subject("llm", request_id), wire.encode(wire.Cancel(request_id=request_id))
+    )
 
 
 def text(events: list[wire.Event]) -> str:
@@ -285,7 +294,12 @@ async def npu_served(own_bus, double: Any) -> AsyncIterator[tuple[Client, LlmSer
 
 
 def watchdog_count(action: str) -> float:
-    return REGISTRY.get_sample_value("edge_llm_watchdog_total", {"action": action}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "edge_worker_watchdog_total", {"service": "llm", "action": action}
+        )
+        or 0.0
+    )
 
 
 async def test_watchdog_aborts_a_stalled_generation(npu_served, double: Any) -> None:
@@ -318,7 +332,7 @@ async def test_no_context_bleed_on_the_npu(npu_served, double: Any) -> None:
         wire.chat_subject(NPU),
     )
     assert isinstance(await next_event(sub), wire.Delta)
-    await nc.publish(wire.cancel_subject("long"), wire.encode(wire.Cancel(request_id="long")))
+    await cancel(nc, "long")
     after_cancel, _ = await ask(nc, msgspec.structs.replace(hello, seed=2**63 - 1))
     boom, _ = await ask(nc, npu_chat("boom", "boom"))
     assert isinstance(boom[-1], wire.Failed)

@@ -8,7 +8,7 @@ from typing import Any
 
 import nats
 from edge_common import wire
-from edge_llm.server import STALLED, WEDGED_EXIT_CODE
+from edge_common.worker import STALLED, WEDGED_EXIT_CODE
 
 
 async def test_wedged_runtime_makes_the_worker_exit(

@@ -14,8 +14,8 @@ The llm protocol, per chat request:
               ALIVE_INTERVAL_S while it holds the request (queued, loading, prefilling),
               as a request the router answers: the router tells a dead worker from a slow
               one in seconds, and the worker learns at once when no router listens
-    router -> `llm.cancel.<request_id>`: Cancel, when the client went away
-    router -> `llm.alive.<instance>`: after a second without events, is the worker still
+    router -> `llm.cancel.<request_id>` (cancel_subject): Cancel, when the client went away
+    router -> `llm.alive.<instance>` (alive_subject): after a second without events, is it still
               connected? NATS answers "no responders" at once when its connection is gone.
               (Not the micro PING subject: a draining worker stops its micro service but
               still finishes what it holds.)
@@ -29,8 +29,6 @@ PROTOCOL_VERSION: Final = 2
 REQUEST_ID_HEADER: Final = "Edge-Request-Id"
 
 CHAT_PREFIX: Final = "llm.chat"
-CANCEL_PREFIX: Final = "llm.cancel"
-ALIVE_PREFIX: Final = "llm.alive"
 
 # Error codes carried in Failed.code and in micro error headers. The router maps them to
 # HTTP statuses in exactly one place (edge_router.errors).
@@ -133,12 +131,14 @@ def chat_subject(model: str) -> str:
     return f"{CHAT_PREFIX}.{token}"
 
 
-def cancel_subject(request_id: str) -> str:
-    return f"{CANCEL_PREFIX}.{request_id}"
+def cancel_subject(service: str, request_id: str) -> str:
+    """`<service>.cancel.<request_id>`: the caller gave up on a request."""
+    return f"{service}.cancel.{request_id}"
 
 
-def alive_subject(instance: str) -> str:
-    return f"{ALIVE_PREFIX}.{instance}"
+def alive_subject(service: str, instance: str) -> str:
+    """`<service>.alive.<instance>`: answered while that worker is connected."""
+    return f"{service}.alive.{instance}"
 
 
 class Capabilities(Wire):
@@ -165,6 +165,15 @@ class ModelCard(Wire):
     device: Literal["cpu", "npu"] = "cpu"
     """Where it runs."""
     capabilities: Capabilities = Capabilities()
+
+
+class LlmStats(Wire):
+    """What an llm instance adds to its micro STATS (each endpoint's `data`)."""
+
+    resident: list[str] = []
+    """Models loaded now."""
+    switch_s: float = 0.0
+    """Seconds its last model switch took."""
 
 
 models_encoder = msgspec.json.Encoder()

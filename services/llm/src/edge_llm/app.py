@@ -11,7 +11,6 @@ from edge_common.metrics import metrics
 from edge_common.npu_lease import NpuLease, default_board, lease_owner
 from litestar import Litestar, get
 from litestar.datastructures import State
-from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 from edge_llm.backends import create_backend
@@ -69,13 +68,9 @@ def create_app(settings: LlmSettings) -> Litestar:
                 stall_s=settings.stall_s,
                 abort_grace_s=settings.abort_grace_s,
             )
-            cancel_sub = await nc.subscribe(f"{wire.CANCEL_PREFIX}.*", cb=server.on_cancel)
-            stack.push_async_callback(cancel_sub.unsubscribe)
-            # answered as long as we are connected, draining included (see wire)
-            alive_sub = await nc.subscribe(wire.alive_subject(server.instance), cb=_answer)
-            stack.push_async_callback(alive_sub.unsubscribe)
+            await server.start(stack)
             # on the way out: stop taking requests, then drain (cancels still heard), then go
-            stack.push_async_callback(server.drain, settings.shutdown_grace_s)
+            stack.push_async_callback(server.worker.drain, settings.shutdown_grace_s)
             cards = [b.card for b in backends.values()]
             endpoints = {wire.chat_subject(card.id): server.on_chat for card in cards}
             await stack.enter_async_context(
@@ -99,10 +94,6 @@ def create_app(settings: LlmSettings) -> Litestar:
             yield
 
     return Litestar([health, metrics], lifespan=[lifespan], logging_config=None)
-
-
-async def _answer(msg: Msg) -> None:
-    await msg.respond(b"")
 
 
 async def _unload_idle(server: LlmServer, keep_alive_s: float) -> None:

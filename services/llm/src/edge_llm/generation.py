@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from edge_common.wire import ChatRequest, Delta, Done
+from edge_common.worker import Outcome
 
 from edge_llm.backends import Backend, RuntimeUsage, Sampling
 
@@ -86,17 +87,18 @@ class Generation:
     """One request's generation; `completion_tokens` grows live as tokens are produced."""
 
     def __init__(self, backend: Backend, request: ChatRequest, prompt: list[int]) -> None:
+        """A job of edge_common.worker (see its Job)."""
         self._backend = backend
         self._request = request
         self._prompt = prompt
+        self.request_id, self.stream_to = request.request_id, request.stream_to
         self.model = request.model
+        self.prompt_length = len(prompt)
         self.completion_tokens = 0
-        self.progressed_at = time.monotonic()
-        """When the backend last produced something (monotonic)."""
-        self.outcome: str | None = None
-        """How it ended (completed, cancelled, failed), set by whoever ran it."""
+        self.started_at = self.progressed_at = time.monotonic()
+        """When it started generating, and last produced something (monotonic)."""
+        self.outcome: Outcome | None = None
         self.stopped_by: str | None = None
-        """Why the worker itself stopped it early (stalled, caller_gone, bus_lost), if so."""
 
     def last_progress(self) -> float:
         """When the backend last produced a token or showed it was computing (monotonic):
@@ -115,7 +117,7 @@ class Generation:
         matcher = StopMatcher(request.stop)
         stopped = False
         counted: RuntimeUsage | None = None
-        self.progressed_at = time.monotonic()
+        self.started_at = self.progressed_at = time.monotonic()
         async with aclosing(self._backend.stream(self._prompt, sampling)) as pieces:
             async for piece in pieces:
                 self.progressed_at = time.monotonic()

@@ -14,13 +14,7 @@ BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30)
 
 GENERATIONS = Counter("edge_llm_generations", "Generations ended", ["model", "outcome"])
 TOKENS = Counter("edge_llm_generated_tokens", "Tokens generated", ["model"])
-LEASE_WAIT = Histogram("edge_llm_lease_wait_seconds", "Wait for the NPU lease", buckets=BUCKETS)
 SWITCH = Histogram("edge_llm_model_switch_seconds", "Model loads with evictions", buckets=BUCKETS)
-WATCHDOG = Counter(
-    "edge_llm_watchdog",
-    "Stalled generations: aborted, or the worker exiting because the abort did not return",
-    ["action"],
-)
 
 
 class LiveState(Collector):
