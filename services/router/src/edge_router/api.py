@@ -17,7 +17,8 @@ from edge_router import policy
 from edge_router import protocol as p
 from edge_router.admission import Admission
 from edge_router.auth import key_of
-from edge_router.chat import Caller, ChatService, Routed
+from edge_router.caller import Caller
+from edge_router.chat import ChatService, Routed
 from edge_router.cloud import CloudClient
 from edge_router.errors import (
     ERROR_RESPONSES,

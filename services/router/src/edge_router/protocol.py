@@ -87,7 +87,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     stop: StopString | Annotated[list[StopString], Meta(max_length=MAX_STOPS)] | None = None
     seed: INT64 | None = None
     """OpenAI's seed is an int64."""
-    # n > 1 gets our clear "only n=1" error (chat.check), and the schema says so
+    # n > 1 gets our clear "only n=1" error (checks.check), and the schema says so
     n: Annotated[int, Meta(ge=1, extra_json_schema={"maximum": 1})] | None = 1
     user: str | None = None
     # Passed through to cloud models; local models take them when their capabilities say so
