@@ -192,6 +192,7 @@ def test_each_process_gets_only_its_own_secrets(configured: EdgeUp) -> None:
         "nats-server": {
             "EDGE_ROUTER_NATS_PASSWORD",
             "EDGE_LLM_NATS_PASSWORD",
+            "EDGE_VISION_NATS_PASSWORD",
             "EDGE_OPS_NATS_PASSWORD",
         },
         "llm": {"EDGE_LLM_NATS_PASSWORD"},

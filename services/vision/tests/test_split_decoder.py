@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from edge_common.protocol.vision import DetectOptions
 from edge_vision.decode import decode_yolo_split
-from edge_vision.detection import DetectOptions
 from edge_vision.postprocess import select
 from edge_vision.preprocess import Placement
 

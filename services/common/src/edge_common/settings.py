@@ -44,6 +44,22 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     timeout (Docker's is 10 s)."""
 
 
+class WorkerSettings(ServiceSettings, frozen=True, kw_only=True):
+    """What every NATS worker on the NPU has (see edge_common.worker)."""
+
+    board: str = ""
+    """Name of this board's NPU lease (shared by llm and vision); empty = hostname."""
+    npu_slots: int = 1
+    """Jobs the NPU may run at once (2 when vision is pinned to one core, LLM to the other)."""
+    lease_ttl_s: float = 5.0
+    """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
+    stall_s: float = 30.0
+    """A job that shows no progress for this long is aborted (Failed: unavailable)."""
+    abort_grace_s: float = 5.0
+    """A backend that does not return this long after a stall abort is wedged: the worker
+    exits (code 70, `<service>.watchdog_exit`) for its supervisor to restart it."""
+
+
 class SettingsError(ValueError):
     """A setting could not be read; the message names the key."""
 

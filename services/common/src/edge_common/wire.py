@@ -38,6 +38,8 @@ ErrorCode = Literal[
     "context_length_exceeded",
     "generation_failed",
     "unavailable",
+    "invalid_image",
+    "image_too_large",
 ]
 
 
@@ -120,15 +122,19 @@ decode_accepted = msgspec.msgpack.Decoder(Accepted).decode
 decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
-def chat_subject(model: str) -> str:
-    """`llm.chat.<model>`: each worker serves the subjects of its models (one queue group
-    each), so a request reaches only workers that have its model. The id is escaped into
-    one token of [A-Za-z0-9-_]: any other character, `_` included, as `_` + hex bytes."""
-    token = "".join(
+def model_token(model: str) -> str:
+    """A model id as one subject token of [A-Za-z0-9-_]: any other character, `_` included,
+    as `_` + hex bytes (never the same token for two ids)."""
+    return "".join(
         c if c.isascii() and (c.isalnum() or c == "-") else "".join(f"_{b:02x}" for b in c.encode())
         for c in model
     )
-    return f"{CHAT_PREFIX}.{token}"
+
+
+def chat_subject(model: str) -> str:
+    """`llm.chat.<model>`: each worker serves the subjects of its models (one queue group
+    each), so a request reaches only workers that have its model."""
+    return f"{CHAT_PREFIX}.{model_token(model)}"
 
 
 def cancel_subject(service: str, request_id: str) -> str:

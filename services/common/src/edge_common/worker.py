@@ -37,7 +37,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import Counter, Histogram
 
 from edge_common import wire
-from edge_common.npu_lease import LeaseLost, NpuLease
+from edge_common.npu_lease import LeaseLost, NpuLease, default_board, lease_owner
+from edge_common.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,12 @@ class Job(Protocol):
     """Why the runtime stopped it early (stalled, caller_gone, bus_lost), if it did."""
     outcome: Outcome | None
     """How it ended, once it did (set by the runtime)."""
+    final: type
+    """The event that ends it successfully (wire.Done for llm)."""
+
+    def summary(self) -> dict[str, object]:
+        """What the log events of its end carry (e.g. tokens generated so far)."""
+        ...
 
     def last_progress(self) -> float:
         """When the job last showed progress (monotonic): what the watchdog reads."""
@@ -82,8 +89,21 @@ class Job(Protocol):
 
     def events(self) -> AsyncIterator[msgspec.Struct]:
         """The job's events, each a Struct with an `n` field the runtime numbers; the
-        last one ends the job (wire.Done, or the service's own)."""
+        last one is a `final`."""
         ...
+
+
+async def npu_lease(nc: Client, settings: WorkerSettings, service: str) -> NpuLease:
+    """The board's NPU lease as `settings` configure it, started."""
+    lease = NpuLease(
+        nc,
+        board=settings.board or default_board(),
+        owner=lease_owner(service),
+        slots=settings.npu_slots,
+        ttl_s=settings.lease_ttl_s,
+    )
+    await lease.start()
+    return lease
 
 
 class Worker:
@@ -130,7 +150,11 @@ class Worker:
     def accepted(self, job: Job) -> bool:
         """Run `job` in its turn; False if its caller cancelled it already (it never runs)."""
         if self._early_cancels.pop(job.request_id, None) is not None:
-            log.info(f"{self._service}.{self._noun}_cancelled", request_id=job.request_id)
+            log.info(
+                f"{self._service}.{self._noun}_cancelled",
+                request_id=job.request_id,
+                **job.summary(),
+            )
             self._end(job, "cancelled")
             return False
         task = asyncio.create_task(self._run(job))
@@ -171,7 +195,7 @@ class Worker:
                     n += 1
                     if npu.lost.is_set():
                         raise LeaseLost(npu.key)  # another job may own the NPU now: stop
-                    if isinstance(event, wire.Done):
+                    if isinstance(event, job.final):
                         self._end(job, "completed")  # account before anyone sees the end
                     numbered = msgspec.structs.replace(event, n=n)  # type: ignore[type-var]
                     await self._nc.publish(job.stream_to, wire.encode(numbered))
@@ -181,7 +205,11 @@ class Worker:
             stalled = job.stopped_by == "stalled"
             if stalled or self.draining:  # not the caller's doing: tell it now
                 self._end(job, "failed")
-                log.warning(f"{self._service}.{self._noun}_stopped", reason=job.stopped_by)
+                log.warning(
+                    f"{self._service}.{self._noun}_stopped",
+                    reason=job.stopped_by or "shutdown",
+                    **job.summary(),
+                )
                 message = (
                     STALLED.format(stall_s=self._stall_s)
                     if stalled
@@ -190,7 +218,11 @@ class Worker:
                 await self._fail(job, wire.Failed(code="unavailable", message=message))
                 return
             self._end(job, "cancelled")
-            log.info(f"{self._service}.{self._noun}_cancelled", reason=job.stopped_by or "cancel")
+            log.info(
+                f"{self._service}.{self._noun}_cancelled",
+                reason=job.stopped_by or "cancel",
+                **job.summary(),
+            )
         except Exception:
             self._end(job, "failed")
             log.exception(f"{self._service}.{self._noun}_failed")
@@ -250,7 +282,7 @@ class Worker:
         # a timer re-armed to the last progress (not a poll): no per-token cost in the job
         while (idle := time.monotonic() - job.last_progress()) < self._stall_s:  # noqa: ASYNC110
             await asyncio.sleep(self._stall_s - idle)
-        log.warning(f"{self._service}.{self._noun}_stalled", stall_s=self._stall_s)
+        log.warning(f"{self._service}.{self._noun}_stalled", stall_s=self._stall_s, **job.summary())
         WATCHDOG.labels(self._service, "abort").inc()
         job.stopped_by = "stalled"
         run.cancel()

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from edge_common import bus, wire
 from edge_common.metrics import metrics
-from edge_common.npu_lease import NpuLease, default_board, lease_owner
+from edge_common.worker import npu_lease
 from litestar import Litestar, get
 from litestar.datastructures import State
 from prometheus_client import REGISTRY
@@ -52,14 +52,7 @@ def create_app(settings: LlmSettings) -> Litestar:
             nc = await stack.enter_async_context(
                 bus.connect(settings.nats_url, "llm", settings.nats_password)
             )
-            lease = NpuLease(
-                nc,
-                board=settings.board or default_board(),
-                owner=lease_owner("llm"),
-                slots=settings.npu_slots,
-                ttl_s=settings.lease_ttl_s,
-            )
-            await lease.start()
+            lease = await npu_lease(nc, settings, "llm")
             stack.push_async_callback(lease.stop)
             server = LlmServer(
                 nc,

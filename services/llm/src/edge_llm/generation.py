@@ -86,6 +86,8 @@ def completion_budget(request: ChatRequest, prompt_tokens: int, context_length: 
 class Generation:
     """One request's generation; `completion_tokens` grows live as tokens are produced."""
 
+    final = Done
+
     def __init__(self, backend: Backend, request: ChatRequest, prompt: list[int]) -> None:
         """A job of edge_common.worker (see its Job)."""
         self._backend = backend
@@ -99,6 +101,9 @@ class Generation:
         """When it started generating, and last produced something (monotonic)."""
         self.outcome: Outcome | None = None
         self.stopped_by: str | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {"completion_tokens": self.completion_tokens}
 
     def last_progress(self) -> float:
         """When the backend last produced a token or showed it was computing (monotonic):

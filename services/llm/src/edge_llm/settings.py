@@ -4,14 +4,14 @@ from pathlib import Path
 
 import msgspec
 from edge_common.board import inspect_board
-from edge_common.settings import ServiceSettings
+from edge_common.settings import WorkerSettings
 
 from edge_llm.backends import ModelSpec
 from edge_llm.backends.llamacpp import LlamaCppModel
 from edge_llm.backends.rkllm import RkllmModel
 
 
-class LlmSettings(ServiceSettings, frozen=True, kw_only=True):
+class LlmSettings(WorkerSettings, frozen=True, kw_only=True):
     port: int = 8101
     """Port of the /health and /metrics HTTP server."""
     models: list[ModelSpec] = msgspec.field(default_factory=list)
@@ -29,20 +29,11 @@ class LlmSettings(ServiceSettings, frozen=True, kw_only=True):
     """Memory left to everything else when loading by MemAvailable."""
     keep_alive_s: float = 0.0
     """Unload an unpinned model unused this long; 0 = keep until evicted."""
-    board: str = ""
-    """Name of this board's NPU lease (shared with the vision service); empty = hostname."""
-    npu_slots: int = 1
-    """Jobs the NPU may run at once (2 when vision is pinned to one core, LLM to the other)."""
-    lease_ttl_s: float = 5.0
-    """A holder that stops renewing loses the NPU lease after this long (same on a board)."""
     stall_s: float = 30.0
     """A generation that shows no progress for this long is aborted (Failed: unavailable).
     Progress is a token, or on llama.cpp any graph compute (a long prefill counts). RKLLM
     shows only tokens: keep this above the prefill time of the longest prompt the context
     allows on the board's NPU (seconds for 4096 tokens on the RK3576)."""
-    abort_grace_s: float = 5.0
-    """A backend that does not return this long after a stall abort is wedged: the worker
-    exits (code 70, `llm.watchdog_exit`) for its supervisor to restart it."""
 
 
 def resolve_models(settings: LlmSettings, root: Path = Path("/")) -> list[ModelSpec]:

@@ -4,9 +4,10 @@ decode -> select). Blocking; the service runs it in a worker thread."""
 import time
 from pathlib import Path
 
+from edge_common.protocol.vision import DetectOptions, DetectResult, Timings
+
 from edge_vision.backends import Backend, ModelSpec
 from edge_vision.decode import DECODERS
-from edge_vision.detection import DetectOptions, DetectResult, Timings
 from edge_vision.labels import Labels, labels_from_metadata, read_labels
 from edge_vision.postprocess import select
 from edge_vision.preprocess import ImageLimits, fit, open_image

@@ -1,9 +1,9 @@
 """Candidates -> the request's detections: score and class filters, NMS, original pixels."""
 
 import numpy as np
+from edge_common.protocol.vision import Detection, DetectOptions
 
 from edge_vision.decode import Candidates
-from edge_vision.detection import Detection, DetectOptions
 from edge_vision.labels import Labels, label_of
 from edge_vision.nms import nms
 from edge_vision.preprocess import Placement

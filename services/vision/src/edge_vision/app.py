@@ -1,0 +1,80 @@
+"""The vision worker process: detectors loaded once, the NATS service, /health over HTTP."""
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+from edge_common import bus
+from edge_common.metrics import metrics
+from edge_common.protocol import vision as proto
+from edge_common.worker import npu_lease
+from litestar import Litestar, get
+from litestar.datastructures import State
+
+from edge_vision.backends import create_backend
+from edge_vision.catalog import default_model
+from edge_vision.detector import Detector
+from edge_vision.preprocess import ImageLimits
+from edge_vision.server import VisionServer
+from edge_vision.settings import VisionSettings
+
+log = structlog.get_logger(__name__)
+VERSION = "0.1.0"
+
+
+@get("/health", sync_to_thread=False)
+def health(state: State) -> dict[str, Any]:
+    server: VisionServer = state.server
+    return {
+        "status": "ok",
+        "models": list(server.detectors),
+        "queued": server.worker.queued,
+        "busy": server.worker.current is not None,
+        "npu_lease": state.lease.status(),
+    }
+
+
+def create_app(settings: VisionSettings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            limits = ImageLimits(
+                max_bytes=int(settings.max_image_mb * 2**20),
+                max_pixels=settings.max_image_pixels,
+            )
+            detectors = {
+                spec.id: Detector(spec, create_backend(spec), limits=limits)
+                for spec in settings.models or [default_model()]
+            }
+            for detector in detectors.values():
+                stack.callback(detector.close)
+            nc = await stack.enter_async_context(
+                bus.connect(settings.nats_url, proto.SERVICE, settings.nats_password)
+            )
+            lease = await npu_lease(nc, settings, proto.SERVICE)
+            stack.push_async_callback(lease.stop)
+            server = VisionServer(
+                nc,
+                detectors,
+                lease,
+                stall_s=settings.stall_s,
+                abort_grace_s=settings.abort_grace_s,
+            )
+            await server.start(stack)
+            stack.push_async_callback(server.worker.drain, settings.shutdown_grace_s)
+            endpoints = {proto.detect_subject(model): server.on_detect for model in detectors}
+            await stack.enter_async_context(
+                bus.serve(
+                    nc,
+                    name=proto.SERVICE,
+                    version=VERSION,
+                    description="Object detection",
+                    endpoints=endpoints,
+                    metadata={"models": ",".join(detectors)},
+                )
+            )
+            app.state.update(server=server, lease=lease)
+            yield
+
+    return Litestar([health, metrics], lifespan=[lifespan], logging_config=None)
