@@ -53,7 +53,7 @@ CONTEXT = 2048
 # only while a job does, so idling cannot expire it, and it must stay above the prefill of a
 # near-window prompt, which took over 8 s on 2 CPU cores shared with other work.
 TTLS = {
-    "EDGE_LLM_LEASE_TTL_S": 1.0,  # NPU lease TTL (and its renewals every TTL/3)
+    "EDGE_LEASE_TTL_S": 1.0,  # the board's NPU lease TTL, every worker's (renewed every TTL/3)
     "EDGE_LLM_ABORT_GRACE_S": 2.0,  # watchdog: a backend wedged this long exits the worker
     "EDGE_LLM_KEEP_ALIVE_S": 1.0,  # unpinned models unloaded after this idle time
     "EDGE_ROUTER_IDLE_TIMEOUT_S": 3.0,  # silence from a worker holding a request
@@ -340,6 +340,7 @@ class EdgeAi:
         }
         argv = [sys.executable, "-m", "edge_common.cli", "up", "--run-dir", str(self.run_dir)]
         argv += [f"--port={self.port}", f"--llm-port={self.llm_port}"]
+        argv += [f"--vision-port={free_port()}"]
         argv += [f"--nats-port={self.nats_port}"]
         self.proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
@@ -603,7 +604,7 @@ async def day_script(day: Day, report: Report) -> None:
     report.router_restarts = processes["router"]["restarts"]
     if processes["router"]["pid"] != pids["router"]:
         report.failures.append("the router was restarted (it crashed)")
-    deadline = time.monotonic() + 2 * TTLS["EDGE_LLM_LEASE_TTL_S"] + 1
+    deadline = time.monotonic() + 2 * TTLS["EDGE_LEASE_TTL_S"] + 1
     while True:  # the lease is released at the end of a job: give a release in flight a TTL
         report.lease = (await stack.health(stack.llm_url))["npu_lease"]
         if not (report.lease["held"] or report.lease["waiting"]):

@@ -24,11 +24,17 @@ class EdgeUp:
         """`flags`: pass the ports as options (else they come from `env`'s EDGE_*_PORT)."""
         self.run_dir = run_dir
         self.env = {**os.environ, **(env or {})}
-        self.ports = {"port": free_port(), "llm-port": free_port(), "nats-port": free_port()}
+        self.ports = {
+            "port": free_port(),
+            "llm-port": free_port(),
+            "vision-port": free_port(),
+            "nats-port": free_port(),
+        }
         if not flags:
             self.ports |= {
                 "port": int(self.env["EDGE_ROUTER_PORT"]),
                 "llm-port": int(self.env["EDGE_LLM_PORT"]),
+                "vision-port": int(self.env["EDGE_VISION_PORT"]),
             }
         self.argv = [sys.executable, "-m", "edge_common.cli", "up", "--run-dir", str(run_dir)]
         names = self.ports if flags else {"nats-port": 0}

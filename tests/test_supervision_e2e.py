@@ -153,6 +153,7 @@ def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeUp]:
     env = {
         "EDGE_ROUTER_PORT": str(free_port()),
         "EDGE_LLM_PORT": str(free_port()),
+        "EDGE_VISION_PORT": str(free_port()),
         "EDGE_NATS_URL": "nats://127.0.0.1:9",
         "EDGE_ROUTER_UPSTREAMS": json.dumps(
             [
@@ -196,6 +197,7 @@ def test_each_process_gets_only_its_own_secrets(configured: EdgeUp) -> None:
             "EDGE_OPS_NATS_PASSWORD",
         },
         "llm": {"EDGE_LLM_NATS_PASSWORD"},
+        "vision": {"EDGE_VISION_NATS_PASSWORD"},
         "router": {"EDGE_ROUTER_NATS_PASSWORD", "EDGE_TEST_CLOUD_KEY"},
     }
     assert environ(pids["router"])["EDGE_TEST_CLOUD_KEY"] == "sk-cloud-secret"
@@ -208,6 +210,7 @@ def test_second_up_on_the_same_run_dir_fails_at_once(configured: EdgeUp) -> None
     files = {p: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     argv = [sys.executable, "-m", "edge_common.cli", "up", "--run-dir", str(run_dir)]
     argv += [f"--port={free_port()}", f"--llm-port={free_port()}", f"--nats-port={free_port()}"]
+    argv += [f"--vision-port={free_port()}"]
     started = time.monotonic()
     second = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     assert time.monotonic() - started < 10  # not after a startup attempt

@@ -18,7 +18,7 @@ def port_open(port: int) -> bool:
 
 def test_up_serves_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     """The ready line appears, the API answers, and SIGINT closes every port with exit 0."""
-    ports = {name: free_port() for name in ("port", "llm-port", "nats-port")}
+    ports = {name: free_port() for name in ("port", "llm-port", "vision-port", "nats-port")}
     argv = [sys.executable, "-m", "edge_common.cli", "up", "--run-dir", str(tmp_path)]
     argv += [f"--{name}={port}" for name, port in ports.items()]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)

@@ -57,9 +57,14 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
 
 
 def programs(args: argparse.Namespace, run_dir: Path, passwords: dict[str, str]) -> list[Program]:
-    """nats-server, the llm worker and the router, each with only its own secrets; what we
-    pass (ports, the bus) wins over what we inherited."""
+    """nats-server, the llm and vision workers and the router, each with only its own
+    secrets; what we pass (ports, the bus) wins over what we inherited."""
     nats_url = {"EDGE_NATS_URL": f"nats://127.0.0.1:{args.nats_port}"}
+
+    def own_password(service: str) -> dict[str, str]:
+        name = f"EDGE_{service.upper()}_NATS_PASSWORD"
+        return {name: passwords[name]}
+
     router_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     return [
         Program(
@@ -69,21 +74,22 @@ def programs(args: argparse.Namespace, run_dir: Path, passwords: dict[str, str])
             nats_ready(args.nats_port),
             15,
         ),
-        Program(
-            "llm",
-            service_argv("llm"),
-            nats_url
-            | {"EDGE_LLM_PORT": str(args.llm_port)}
-            | {"EDGE_LLM_NATS_PASSWORD": passwords["EDGE_LLM_NATS_PASSWORD"]},
-            http_ready(f"http://127.0.0.1:{args.llm_port}/health"),
-            120,
+        *(
+            Program(
+                worker,
+                service_argv(worker),
+                nats_url | {f"EDGE_{worker.upper()}_PORT": str(port)} | own_password(worker),
+                http_ready(f"http://127.0.0.1:{port}/health"),
+                120,
+            )
+            for worker, port in (("llm", args.llm_port), ("vision", args.vision_port))
         ),
         Program(
             "router",
             service_argv("router"),
             nats_url
             | {"EDGE_ROUTER_PORT": str(args.port), "EDGE_ROUTER_HOST": args.host}
-            | {"EDGE_ROUTER_NATS_PASSWORD": passwords["EDGE_ROUTER_NATS_PASSWORD"]}
+            | own_password("router")
             | {"EDGE_ROUTER_SUPERVISOR_FILE": str(run_dir / "processes.json")}
             | {k: os.environ[k] for k in cloud_key_names() if k in os.environ},
             http_ready(f"http://{router_host}:{args.port}/health"),
@@ -117,11 +123,12 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
     try:
-        nats, llm, router = programs(args, run_dir, passwords)
+        nats, llm, vision, router = programs(args, run_dir, passwords)
         if supervisor.start(nats).state != "running":  # the rest is no use without it
             print("edge-ai: nats-server did not start; see its output above", file=sys.stderr)
             return 1
-        supervisor.start(llm)  # ready or not: a failing worker is retried while the router runs
+        for worker in (llm, vision):  # ready or not: a failing worker is retried meanwhile
+            supervisor.start(worker)
         if supervisor.start(router).state != "running":
             print("edge-ai: the router did not start; retrying (see above)", file=sys.stderr)
         ready = READY.format(
@@ -157,6 +164,7 @@ def main() -> None:
     p_up.add_argument("--host", default=env.get("EDGE_ROUTER_HOST", "127.0.0.1"))
     p_up.add_argument("--port", type=int, default=env.get("EDGE_ROUTER_PORT", "8000"))
     p_up.add_argument("--llm-port", type=int, default=env.get("EDGE_LLM_PORT", "8101"))
+    p_up.add_argument("--vision-port", type=int, default=env.get("EDGE_VISION_PORT", "8102"))
     p_up.add_argument("--nats-port", type=int, default=4222)
     p_up.add_argument("--run-dir", default=".run")
     p_up.set_defaults(func=up)

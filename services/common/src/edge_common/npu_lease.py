@@ -165,7 +165,9 @@ class NpuLease:
             if exc.err_code != STREAM_CONFIG_DIFFERS:
                 raise
             await self._retune(js, config)
-            self._kv = await js.create_key_value(config)  # now the same config: just opens it
+            # Opened as it is now: another service of the board may have retuned it since
+            # (the lease TTL is the board's: configure it once, EDGE_LEASE_TTL_S).
+            self._kv = await js.key_value(self._bucket)
         self._follow_reconnects()
         ready = asyncio.Event()
         self._watch_task = asyncio.create_task(self._follow(ready))

@@ -33,6 +33,7 @@ from edge_router.metrics import LiveState
 from edge_router.ratelimit import RateLimits
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
+from edge_router.vision import VisionClient, detect
 
 EXPOSED = [  # response headers a browser app may read (CORS)
     "x-request-id",
@@ -46,7 +47,7 @@ EXPOSED = [  # response headers a browser app may read (CORS)
         for k in ("requests", "tokens")
     ),
 ]
-PROVIDED = ("chat", "catalog", "admission", "cloud", "limits")
+PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -60,6 +61,10 @@ def create_app(settings: RouterSettings) -> Litestar:
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )
             stack.push_async_callback(llm.aclose)  # before the bus drains
+            vision = VisionClient(
+                nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
+            )
+            stack.push_async_callback(vision.aclose)
             cloud = CloudClient(settings.upstreams)
             stack.push_async_callback(cloud.aclose)
             catalog = LocalCatalog(llm, settings.discovery_window_s)
@@ -72,6 +77,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             stack.callback(REGISTRY.unregister, live)
             app.state.update(
                 limits=RateLimits(),
+                vision=vision,
                 nc=nc,
                 cloud=cloud,
                 catalog=catalog,
@@ -101,7 +107,7 @@ def create_app(settings: RouterSettings) -> Litestar:
         else None
     )
     app = Litestar(
-        [chat_completions, explain_route, list_models, retrieve_model, health, metrics],
+        [chat_completions, explain_route, list_models, retrieve_model, health, metrics, detect],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         lifespan=[lifespan],

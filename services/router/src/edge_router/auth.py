@@ -12,7 +12,11 @@ from litestar import Request
 from edge_router.errors import ApiError, Forbidden
 from edge_router.keys import KeyRecord, KeyStore
 
-SCOPE = {"/v1/chat/completions": "chat", "/v1/route/explain": "chat"}
+SCOPE = {
+    "/v1/chat/completions": "chat",
+    "/v1/route/explain": "chat",
+    "/v1/vision/detect": "vision",
+}
 
 
 class Unauthorized(ApiError):

@@ -127,6 +127,8 @@ def from_wire(code: str, message: str, request_id: str) -> ApiError:
             return InvalidRequest(message, param="messages", code=code)
         case "model_not_found":
             return NotFound(message, param="model", code=code)
+        case "invalid_image" | "image_too_large":
+            return InvalidRequest(message, param="image", code=code)
         case "unavailable":
             return unavailable(message)
         case _:

@@ -24,10 +24,17 @@ from litestar.openapi.spec import (
 
 from edge_router import protocol as p
 from edge_router.settings import InputLimits
+from edge_router.vision import DetectAnswer, DetectBody
 
 CHAT_PATHS = ("/v1/chat/completions", "/v1/route/explain")
 EXAMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
-SCHEMAS = (p.ChatCompletionRequest, p.ChatCompletion, p.ChatCompletionChunk)
+SCHEMAS = (
+    p.ChatCompletionRequest,
+    p.ChatCompletion,
+    p.ChatCompletionChunk,
+    DetectBody,
+    DetectAnswer,
+)
 
 
 def _json(name: str) -> dict[str, OpenAPIMediaType]:
@@ -47,7 +54,8 @@ def openapi_config(*, auth: bool) -> OpenAPIConfig:
 
 
 def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...]) -> None:
-    """Document the chat bodies (with this router's limits) and answers in `app`'s OpenAPI
+    """Document the chat and detect bodies (chat with this router's limits) and answers in
+    `app`'s OpenAPI
     document; mark `open_paths` as needing no key."""
     document = app.openapi_schema  # built once, rendered when /schema is first asked
     _, components = msgspec.json.schema_components(
@@ -65,6 +73,14 @@ def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...])
         operation = paths[path].post
         assert operation is not None
         operation.request_body = RequestBody(content=_json("ChatCompletionRequest"), required=True)
+    detect = paths["/v1/vision/detect"].post
+    assert detect is not None
+    assert detect.responses is not None
+    detect.request_body = RequestBody(content=_json("DetectBody"), required=True)
+    detect.responses["200"] = OpenAPIResponse(
+        description="The objects found, best first, boxes in the image's pixels",
+        content=_json("DetectAnswer"),
+    )
     answer = paths["/v1/chat/completions"].post
     assert answer is not None
     assert answer.responses is not None

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from edge_common.protocol.vision import DEFAULT_MODEL
+
 from edge_vision.backends import OnnxRuntimeModel
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -13,7 +15,7 @@ def default_model(*, threads: int = 1) -> OnnxRuntimeModel:
     Plain bicubic resize, as the scores in models/PROVENANCE.md were recorded with.
     """
     return OnnxRuntimeModel(
-        id="ssd-mobilenet-v2-coco",
+        id=DEFAULT_MODEL,
         path=str(MODELS_DIR / "ssd_mobilenet_v2_coco.onnx"),
         labels=str(MODELS_DIR / "coco_labels.txt"),
         decoder="ssd",

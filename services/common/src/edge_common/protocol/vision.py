@@ -16,6 +16,8 @@ from msgspec import Meta
 from edge_common.wire import PROTOCOL_VERSION, Alive, Failed, Wire, model_token
 
 SERVICE: Final = "vision"
+DEFAULT_MODEL: Final = "ssd-mobilenet-v2-coco"
+"""The detector every vision worker serves when configured with none."""
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
