@@ -105,3 +105,12 @@ def test_without_a_vision_worker_it_is_503(http: httpx.Client) -> None:
     response = http.post("/v1/vision/detect", json={"image": image})
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
+
+
+def test_detectors_are_listed_as_models(gateway: Any) -> None:
+    """/v1/models lists the vision workers' detectors, marked as detection models."""
+    http, keys = gateway
+    models = http.get("/v1/models", headers={"authorization": f"Bearer {keys['vision']}"}).json()
+    [ssd] = [m for m in models["data"] if m["id"] == "ssd-mobilenet-v2-coco"]
+    assert (ssd["task"], ssd["route"]) == ("detection", "local")
+    assert {m["task"] for m in models["data"] if m["id"] != ssd["id"]} == {"chat"}

@@ -210,11 +210,15 @@ def _models(catalog: LocalCatalog, cloud: CloudClient) -> list[p.ModelObject]:
         p.ModelObject(id=c.id, created=c.created, owned_by=c.owned_by, route="local")
         for c in catalog.cards.values()
     ]
+    detectors = [
+        p.ModelObject(id=d, created=0, owned_by="edge", route="local", task="detection")
+        for d in catalog.detectors
+    ]
     remote = [
         p.ModelObject(id=m, created=0, owned_by=upstream, route="cloud")
         for m, upstream in cloud.models().items()
     ]
-    return [*aliases, *local, *remote]
+    return [*aliases, *local, *detectors, *remote]
 
 
 @get("/v1/models", responses=ERROR_RESPONSES)

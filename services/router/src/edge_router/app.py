@@ -67,7 +67,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             stack.push_async_callback(vision.aclose)
             cloud = CloudClient(settings.upstreams)
             stack.push_async_callback(cloud.aclose)
-            catalog = LocalCatalog(llm, settings.discovery_window_s)
+            catalog = LocalCatalog(llm, settings.discovery_window_s, vision)
             await catalog.refresh()
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)

@@ -12,20 +12,29 @@ so that a request naming it gets 503 and Retry-After, not 404.
 """
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import structlog
 from edge_common.wire import ModelCard
 
 from edge_router.llm_client import LlmClient
 
+if TYPE_CHECKING:
+    from edge_router.vision import VisionClient
+
 log = structlog.get_logger(__name__)
 MISSED_ROUNDS = 2
 
 
 class LocalCatalog:
-    def __init__(self, llm: LlmClient, window_s: float) -> None:
+    def __init__(
+        self, llm: LlmClient, window_s: float, vision: "VisionClient | None" = None
+    ) -> None:
         self._llm = llm
+        self._vision = vision
         self._window_s = window_s
+        self.detectors: list[str] = []
+        """The detectors the vision workers serve (for /v1/models)."""
         self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
         self.down: frozenset[str] = frozenset()
@@ -36,7 +45,13 @@ class LocalCatalog:
         self.switch_s = 0.0
 
     async def refresh(self) -> None:
-        found = await self._llm.discover(self._window_s)
+        if self._vision is None:
+            found = await self._llm.discover(self._window_s)
+        else:  # one window for both services
+            found, detectors = await asyncio.gather(
+                self._llm.discover(self._window_s), self._vision.models(self._window_s)
+            )
+            self.detectors = sorted(detectors)
         for model in self.cards.keys() - found.cards.keys():
             self._missed[model] = self._missed.get(model, 0) + 1
         for model in found.cards:

@@ -167,6 +167,8 @@ class ModelObject(Out, kw_only=True):
     owned_by: str
     route: Literal["auto", "local", "cloud"]
     """Extension: where the model runs (`auto` lets the router decide)."""
+    task: Literal["chat", "detection"] = "chat"
+    """Extension: what it serves (`detection`: POST /v1/vision/detect)."""
 
 
 class ModelList(Out, kw_only=True):
