@@ -46,3 +46,7 @@ bench-soak *args:
 # seconds from kill -9 (llm worker, nats-server) to the client's error, worker back, next 200
 bench-faults *args:
     python bench/faults.py {{args}}
+
+# images/s and p50 latency: router vs edge_vision.Detector in-process vs bare onnxruntime
+bench-vision *args:
+    python bench/vision.py {{args}}

@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from api_keys import make_key
 
 # Left out: schemathesis' request-acceptance checks, which hold the server to JSON Schema's
@@ -18,6 +19,7 @@ from api_keys import make_key
 CHECKS_LEFT_OUT = "positive_data_acceptance,negative_data_rejection"
 
 
+@pytest.mark.timeout(420)  # ~900 requests, local generations and detections included
 def test_no_server_errors_and_every_answer_as_documented(
     router_with, launch, stack, tmp_path: Path
 ) -> None:

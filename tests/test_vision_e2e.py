@@ -27,7 +27,7 @@ def gateway(new_nats, launch, tmp_path_factory: pytest.TempPathFactory) -> Itera
         router = launch("router", root, {**nats.env, "EDGE_ROUTER_KEYS_FILE": str(keys_file)})
         try:
             with httpx.Client(base_url=router.url, timeout=30) as http:
-                yield http, keys
+                yield http, keys, router
         finally:
             router.proc.stop()
             worker.proc.stop()
@@ -38,7 +38,7 @@ def data_url(path: Path, media: str) -> str:
 
 
 def detect(gateway: Any, key: str = "vision", **body: object) -> httpx.Response:
-    http, keys = gateway
+    http, keys, _ = gateway
     return http.post(
         "/v1/vision/detect", json=body, headers={"authorization": f"Bearer {keys[key]}"}
     )
@@ -109,8 +109,18 @@ def test_without_a_vision_worker_it_is_503(http: httpx.Client) -> None:
 
 def test_detectors_are_listed_as_models(gateway: Any) -> None:
     """/v1/models lists the vision workers' detectors, marked as detection models."""
-    http, keys = gateway
+    http, keys, _ = gateway
     models = http.get("/v1/models", headers={"authorization": f"Bearer {keys['vision']}"}).json()
     [ssd] = [m for m in models["data"] if m["id"] == "ssd-mobilenet-v2-coco"]
     assert (ssd["task"], ssd["route"]) == ("detection", "local")
     assert {m["task"] for m in models["data"] if m["id"] != ssd["id"]} == {"chat"}
+
+
+def test_a_finished_detection_is_not_cancelled(gateway: Any) -> None:
+    """The router reads a detection's one event and stops: it must not then send the worker
+    a cancel for a request that has ended (it did, after every detection)."""
+    _, _, router = gateway
+    before = len(router.log_events("router.cancel_sent"))
+    response = detect(gateway, image=data_url(PHOTOS / "chelsea.png", "image/png"))
+    assert response.status_code == 200
+    assert len(router.log_events("router.cancel_sent")) == before

@@ -158,9 +158,11 @@ class BusClient(Generic[E]):
                     log.warning("router.events_lost", expected=expected, got=event.n)
                     raise unavailable(EVENTS_LOST)
                 expected += 1
+                # finished before the consumer sees it: one that stops reading at the final
+                # event (it has what it wanted) must not cancel a request that has ended
+                finished = isinstance(event, self._final)
                 yield event
-                if isinstance(event, self._final):
-                    finished = True
+                if finished:
                     return
         finally:
             # shielded: this runs when the HTTP client went away and our task is cancelled
