@@ -41,7 +41,7 @@ async def serving(
         await residency.ensure(backend.card.id)
         server = LlmServer(nc, residency, lease, stall_s=stall_s, abort_grace_s=abort_grace_s)
         listening = contextlib.AsyncExitStack()
-        await server.start(listening)
+        await server.worker.start(listening, grace_s=0)
         async with bus.serve(
             nc,
             name="llm",

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter, Histogram
 
 from edge_common import wire
@@ -43,6 +44,7 @@ from edge_common.settings import WorkerSettings
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["completed", "cancelled", "failed"]
+T = TypeVar("T")
 SHUTTING_DOWN = "The {service} service shut down before this request ended; try again."
 STALLED = "The model made no progress for {stall_s:g} s; the request was aborted. Try again."
 BUS_LOST_AFTER_S = 2 * wire.ALIVE_INTERVAL_S
@@ -137,15 +139,26 @@ class Worker:
         self.instance = nc.new_inbox().rsplit(".", 1)[1]
         """This worker's id, named in Accepted: it answers on wire.alive_subject()."""
 
-    async def start(self, stack: AsyncExitStack) -> None:
-        """Listen for cancels and liveness questions; on the way out, drain first (cancels
-        still heard), then stop listening."""
+    async def start(self, stack: AsyncExitStack, *, grace_s: float) -> None:
+        """Listen for cancels and liveness questions; on the way out (the micro service
+        stopped first), drain within `grace_s` (cancels still heard), then stop listening."""
         for subject, cb in (
             (wire.cancel_subject(self._service, "*"), self._on_cancel),
             (wire.alive_subject(self._service, self.instance), _answer),
         ):
             sub = await self._nc.subscribe(subject, cb=cb)
             stack.push_async_callback(sub.unsubscribe)
+        stack.push_async_callback(self.drain, grace_s)
+
+    def take(self, req: Request, decode: Callable[[bytes], T], what: str) -> T:
+        """The request's message; a micro error when shutting down or when it does not
+        decode (a service's own checks follow)."""
+        if self.draining:
+            raise ServiceError("unavailable", f"The {self._service} service is shutting down.")
+        try:
+            return decode(req.data)
+        except msgspec.DecodeError as exc:
+            raise ServiceError("invalid_request", f"invalid {what} request: {exc}") from exc
 
     def accepted(self, job: Job) -> bool:
         """Run `job` in its turn; False if its caller cancelled it already (it never runs)."""

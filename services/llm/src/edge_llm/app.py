@@ -61,9 +61,7 @@ def create_app(settings: LlmSettings) -> Litestar:
                 stall_s=settings.stall_s,
                 abort_grace_s=settings.abort_grace_s,
             )
-            await server.start(stack)
-            # on the way out: stop taking requests, then drain (cancels still heard), then go
-            stack.push_async_callback(server.worker.drain, settings.shutdown_grace_s)
+            await server.worker.start(stack, grace_s=settings.shutdown_grace_s)
             cards = [b.card for b in backends.values()]
             endpoints = {wire.chat_subject(card.id): server.on_chat for card in cards}
             await stack.enter_async_context(

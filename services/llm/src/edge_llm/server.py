@@ -6,7 +6,6 @@ watchdog, drain), streaming Delta events and a final Done.
 """
 
 import time
-from contextlib import AsyncExitStack
 
 import msgspec
 import structlog
@@ -57,9 +56,6 @@ class LlmServer:
             ended=self._finish,  # type: ignore[arg-type]
         )
 
-    async def start(self, stack: AsyncExitStack) -> None:
-        await self.worker.start(stack)
-
     def stats(self) -> Stats:
         current: Generation | None = self.worker.current  # type: ignore[assignment]
         return Stats(
@@ -70,12 +66,7 @@ class LlmServer:
         )
 
     async def on_chat(self, req: Request) -> None:
-        if self.worker.draining:
-            raise ServiceError("unavailable", "The llm service is shutting down.")
-        try:
-            request = wire.decode_request(req.data)
-        except msgspec.DecodeError as exc:
-            raise ServiceError("invalid_request", f"invalid chat request: {exc}") from exc
+        request = self.worker.take(req, wire.decode_request, "chat")
         backend = self.residency.backends.get(request.model)
         if backend is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")

@@ -61,8 +61,7 @@ def create_app(settings: VisionSettings) -> Litestar:
                 stall_s=settings.stall_s,
                 abort_grace_s=settings.abort_grace_s,
             )
-            await server.start(stack)
-            stack.push_async_callback(server.worker.drain, settings.shutdown_grace_s)
+            await server.worker.start(stack, grace_s=settings.shutdown_grace_s)
             endpoints = {proto.detect_subject(model): server.on_detect for model in detectors}
             await stack.enter_async_context(
                 bus.serve(

@@ -4,9 +4,7 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 
-import msgspec
 import structlog
 from edge_common import wire
 from edge_common.npu_lease import NpuLease
@@ -72,16 +70,8 @@ class VisionServer:
             ended=self._ended,  # type: ignore[arg-type]
         )
 
-    async def start(self, stack: AsyncExitStack) -> None:
-        await self.worker.start(stack)
-
     async def on_detect(self, req: Request) -> None:
-        if self.worker.draining:
-            raise ServiceError("unavailable", "The vision service is shutting down.")
-        try:
-            request = proto.decode_request(req.data)
-        except msgspec.DecodeError as exc:
-            raise ServiceError("invalid_request", f"invalid detect request: {exc}") from exc
+        request = self.worker.take(req, proto.decode_request, "detect")
         detector = self.detectors.get(request.model)
         if detector is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
