@@ -4,7 +4,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import structlog
 from edge_common import bus
 from edge_common.metrics import metrics
 from edge_common.protocol import vision as proto
@@ -19,7 +18,6 @@ from edge_vision.preprocess import ImageLimits
 from edge_vision.server import VisionServer
 from edge_vision.settings import VisionSettings
 
-log = structlog.get_logger(__name__)
 VERSION = "0.1.0"
 
 

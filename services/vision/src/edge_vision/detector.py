@@ -4,13 +4,25 @@ decode -> select). Blocking; the service runs it in a worker thread."""
 import time
 from pathlib import Path
 
+import msgspec
+import numpy as np
 from edge_common.protocol.vision import DetectOptions, DetectResult, Timings
 
 from edge_vision.backends import Backend, ModelSpec
 from edge_vision.decode import DECODERS
 from edge_vision.labels import Labels, labels_from_metadata, read_labels
 from edge_vision.postprocess import select
-from edge_vision.preprocess import ImageLimits, fit, open_image
+from edge_vision.preprocess import ImageLimits, Placement, fit, open_image
+
+
+class Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """An image ready for the model: its input tensor and how to map boxes back."""
+
+    pixels: np.ndarray
+    placement: Placement
+    size: tuple[int, int]
+    """The original (oriented) image's width and height."""
+    preprocess_ms: float
 
 
 class Detector:
@@ -28,35 +40,48 @@ class Detector:
         )
         self._decode = DECODERS[spec.decoder]
 
-    def detect(self, data: bytes, options: DetectOptions | None = None) -> DetectResult:
-        """Detections in `data` (an encoded image), boxes in its pixels as a viewer shows it.
+    def prepare(self, data: bytes) -> "Prepared":
+        """`data` (an encoded image) decoded and fitted to the model's input.
 
-        Raises InvalidImage / ImageTooLarge for bad input, BackendError when the runtime fails.
-        """
-        options = options or DetectOptions()
+        Raises InvalidImage / ImageTooLarge for bad input: cheap to call at accept time."""
         started = time.perf_counter()
         image = open_image(data, self.limits)
-        size = image.size
         spec = self.spec
         pixels, placement = fit(
             image, self.backend.input_size, spec.resize, spec.resample, spec.pad_value
         )
-        preprocessed = time.perf_counter()
-        outputs = self.backend.infer(pixels)
+        return Prepared(
+            pixels=pixels,
+            placement=placement,
+            size=image.size,
+            preprocess_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def run(self, prepared: "Prepared", options: DetectOptions | None = None) -> DetectResult:
+        """Detections in a prepared image, boxes in its pixels as a viewer shows it.
+
+        Raises BackendError when the runtime fails."""
+        options = options or DetectOptions()
+        started = time.perf_counter()
+        outputs = self.backend.infer(prepared.pixels)
         inferred = time.perf_counter()
         candidates = self._decode(outputs, self.backend.input_size)
-        detections = select(candidates, options, self.labels, placement, size)
+        detections = select(candidates, options, self.labels, prepared.placement, prepared.size)
         done = time.perf_counter()
         return DetectResult(
             detections=detections,
-            width=size[0],
-            height=size[1],
+            width=prepared.size[0],
+            height=prepared.size[1],
             timings=Timings(
-                preprocess_ms=(preprocessed - started) * 1000,
-                inference_ms=(inferred - preprocessed) * 1000,
+                preprocess_ms=prepared.preprocess_ms,
+                inference_ms=(inferred - started) * 1000,
                 postprocess_ms=(done - inferred) * 1000,
             ),
         )
+
+    def detect(self, data: bytes, options: DetectOptions | None = None) -> DetectResult:
+        """prepare, then run: detections in `data`, an encoded image."""
+        return self.run(self.prepare(data), options)
 
     def close(self) -> None:
         self.backend.close()

@@ -14,9 +14,8 @@ from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter
 
-from edge_vision.detector import Detector
+from edge_vision.detector import Detector, Prepared
 from edge_vision.errors import ImageTooLarge, InvalidImage
-from edge_vision.preprocess import open_image
 
 log = structlog.get_logger(__name__)
 DETECTIONS = Counter("edge_vision_detections", "Detections ended", ["model", "outcome"])
@@ -27,8 +26,11 @@ class DetectJob:
 
     final = proto.Detected
 
-    def __init__(self, detector: Detector, request: proto.DetectRequest) -> None:
-        self._detector, self._request = detector, request
+    def __init__(
+        self, detector: Detector, request: proto.DetectRequest, prepared: Prepared
+    ) -> None:
+        self._detector, self._prepared = detector, prepared
+        self._options = request.options
         self.request_id, self.stream_to = request.request_id, request.stream_to
         self.model = request.model
         self.started_at = time.monotonic()
@@ -43,8 +45,7 @@ class DetectJob:
 
     async def events(self) -> AsyncIterator[proto.Detected]:
         self.started_at = time.monotonic()
-        request = self._request
-        result = await asyncio.to_thread(self._detector.detect, request.image, request.options)
+        result = await asyncio.to_thread(self._detector.run, self._prepared, self._options)
         yield proto.Detected(model=self.model, result=result)
 
 
@@ -76,12 +77,12 @@ class VisionServer:
         if detector is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
         try:  # a bad image is the caller's mistake: refuse it now, not as a failed job
-            await asyncio.to_thread(open_image, request.image, detector.limits)
+            prepared = await asyncio.to_thread(detector.prepare, request.image)
         except InvalidImage as exc:
             raise ServiceError("invalid_image", str(exc)) from None
         except ImageTooLarge as exc:
             raise ServiceError("image_too_large", str(exc)) from None
-        self.worker.accepted(DetectJob(detector, request))
+        self.worker.accepted(DetectJob(detector, request, prepared))
         accepted = wire.Accepted(prompt_tokens=0, instance=self.worker.instance)
         await req.respond(wire.encode(accepted))
 
