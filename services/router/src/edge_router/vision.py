@@ -6,8 +6,6 @@ checks beyond the size limit (format, pixels, bombs) are the worker's: its refus
 back as 400s naming `image`.
 """
 
-import base64
-import binascii
 import contextlib
 from contextlib import aclosing
 from typing import Annotated, Any
@@ -19,6 +17,7 @@ from msgspec import Meta
 from nats.aio.client import Client
 
 from edge_router.bus_client import BusClient
+from edge_router.checks import image_bytes
 from edge_router.errors import (
     ERROR_RESPONSES,
     ApiError,
@@ -106,21 +105,7 @@ class VisionClient:
         return served
 
 
-def _image_bytes(text: str, max_bytes: int) -> bytes:
-    payload = text.partition(",")[2] if text.startswith("data:") else text
-    if len(payload) * 3 // 4 > max_bytes:
-        raise InvalidRequest(
-            f"Images are at most {max_bytes / 2**20:g} MB.", param="image", code="image_too_large"
-        )
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(
-            "The image must be a base64 data URL or base64.", param="image", code="invalid_image"
-        ) from None
-
-
-async def _body(request: Request[Any, Any, Any], max_bytes: int) -> tuple[DetectBody, bytes]:
+async def _body(request: Request[Any, Any, Any], max_mb: float) -> tuple[DetectBody, bytes]:
     """The JSON body decoded strictly (as chat bodies are), and its image's bytes."""
     try:
         body = msgspec.json.decode(await request.body(), type=DetectBody)
@@ -128,7 +113,7 @@ async def _body(request: Request[Any, Any, Any], max_bytes: int) -> tuple[Detect
         raise invalid_body(exc) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise invalid_json(msgspec.DecodeError(str(exc))) from None
-    return body, _image_bytes(body.image, max_bytes)
+    return body, image_bytes(body.image, max_mb, "image", plain_base64=True)
 
 
 @post("/v1/vision/detect", status_code=200, responses=ERROR_RESPONSES)
@@ -136,7 +121,7 @@ async def detect(
     vision: VisionClient, settings: RouterSettings, request: Request[Any, Any, Any]
 ) -> Response[Any]:
     """Labelled boxes of the objects in an image (JSON with a base64 image)."""
-    body, image = await _body(request, int(settings.limits.max_image_mb * 2**20))
+    body, image = await _body(request, settings.limits.max_image_mb)
     options = proto.DetectOptions(
         score_threshold=body.score_threshold,
         iou_threshold=body.iou_threshold,
