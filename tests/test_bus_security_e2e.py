@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 from edge_common.stack import StartError
 
 
@@ -53,7 +53,7 @@ async def test_router_asks_but_cannot_serve_or_touch_the_lease(stack, model: str
         reply = await nc.request("$SRV.PING.llm", b"", timeout=5)
         assert json.loads(reply.data)["name"] == "llm"
         # a stolen router password still cannot pose as a worker or fake the NPU lease
-        await nc.subscribe(wire.chat_subject(model), queue="q")
+        await nc.subscribe(llm_wire.chat_subject(model), queue="q")
         assert f'subscription to "llm.chat.{model}" using queue "q"' in await bus.refused()
         await nc.publish("$KV.npu.board.lease.0", b"{}")
         assert 'permissions violation for publish to "$kv.npu.board.lease.0"' in await bus.refused()
@@ -70,7 +70,7 @@ async def test_llm_serves_but_cannot_ask_or_read_the_routers_inbox(stack, model:
         await nc.flush()
         assert bus.refusals.empty()
         # but it cannot send chats to other workers, nor read the router's answers
-        await nc.publish(wire.chat_subject(model), b"")
+        await nc.publish(llm_wire.chat_subject(model), b"")
         assert (
             await bus.refused() == f'nats: permissions violation for publish to "llm.chat.{model}"'
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_keys import make_key
-from edge_common.wire import MAX_STOP_CHARS, MAX_STOPS
+from edge_common.protocol.llm import MAX_STOP_CHARS, MAX_STOPS
 from fake_openai import FakeOpenAI
 
 MODEL = "smollm2-135m-instruct"

@@ -7,6 +7,16 @@ import sys
 from pathlib import Path
 
 SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+PHASES = [
+    "burst (warm-up)",
+    "burst after idle",
+    "long inputs",
+    "hostile inputs",
+    "client disconnects",
+    "kill -9 llm",
+    "kill -9 nats-server",
+    "final burst",
+]
 
 
 def test_short_soak_accounts_for_every_request(tmp_path: Path) -> None:
@@ -21,7 +31,9 @@ def test_short_soak_accounts_for_every_request(tmp_path: Path) -> None:
     print(run.stdout)  # the soak's table, with -s
     report = json.loads(report_file.read_text())
     results = report["results"]
-    assert len(results) == report["sent"] > 100
+    assert len(results) == report["sent"]
+    # every phase of the day ran (how many requests a restart takes to come back varies)
+    assert {r["phase"] for r in results} >= set(PHASES), run.stdout
     assert [r for r in results if r["outcome"] == "HUNG"] == [], run.stdout
     assert [r for r in results if r["problem"]] == [], run.stdout
     assert report["router_restarts"] == 0

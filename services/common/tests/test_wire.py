@@ -2,7 +2,7 @@
 
 import re
 
-from edge_common.wire import chat_subject
+from edge_common.protocol.llm import chat_subject
 
 IDS = ["qwen2.5-1.5b", "a.b", "a_2eb", "a_b", "org/model:q4", "café", "*", ">", "x y"]
 

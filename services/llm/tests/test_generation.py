@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from edge_common.wire import MAX_STOP_CHARS, ChatMessage, ChatRequest, Delta, Done
+from edge_common.protocol.llm import MAX_STOP_CHARS, ChatMessage, ChatRequest, Delta, Done
 from edge_llm.backends import Backend, create_backend
 from edge_llm.backends.llamacpp import LlamaCppModel, uint32_seed
 from edge_llm.generation import Generation, StopMatcher

@@ -1,7 +1,7 @@
 """Residency with real GGUF models: switching, LRU eviction to a memory budget, pinning."""
 
 import pytest
-from edge_common.wire import ChatMessage, ChatRequest, Done
+from edge_common.protocol.llm import ChatMessage, ChatRequest, Done
 from edge_llm.backends import Backend, create_backend
 from edge_llm.backends.llamacpp import LlamaCppModel
 from edge_llm.generation import Generation

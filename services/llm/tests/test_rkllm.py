@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_common.wire import ChatMessage, ChatRequest, Delta, Done
+from edge_common.protocol.llm import ChatMessage, ChatRequest, Delta, Done
 from edge_llm.backends import create_backend
 from edge_llm.backends import rkllm_abi as abi
 from edge_llm.backends.rkllm import RkllmBackend, RkllmError

@@ -12,6 +12,7 @@ import nats
 import pytest
 from edge_common import bus, wire
 from edge_common.npu_lease import NpuLease
+from edge_common.protocol import llm as llm_wire
 from edge_common.worker import STALLED
 from edge_llm.backends import Backend, create_backend
 from edge_llm.residency import Residency
@@ -47,7 +48,7 @@ async def serving(
             name="llm",
             version="0.0.1",
             description="test",
-            endpoints={wire.chat_subject(backend.card.id): server.on_chat},
+            endpoints={llm_wire.chat_subject(backend.card.id): server.on_chat},
         ):
             client = await nats.connect(nats_server.url, **nats_server.creds("router"))
             yield client, server
@@ -67,33 +68,37 @@ async def served(own_bus, backend: Backend) -> AsyncIterator[tuple[Client, LlmSe
 
 
 MODEL = "smollm2-135m-instruct"
-SUBJECT = wire.chat_subject(MODEL)  # the served model's: the worker still checks the model
+SUBJECT = llm_wire.chat_subject(MODEL)  # the served model's: the worker still checks the model
 
 
-def chat(request_id: str, stream_to: str, **kw: object) -> wire.ChatRequest:
+def chat(request_id: str, stream_to: str, **kw: object) -> llm_wire.ChatRequest:
     fields = {
         "model": MODEL,
-        "messages": [wire.ChatMessage(role="user", content="Write a long story about a cat.")],
+        "messages": [llm_wire.ChatMessage(role="user", content="Write a long story about a cat.")],
         "temperature": 0,
         **kw,
     }
-    return wire.ChatRequest(request_id=request_id, stream_to=stream_to, **fields)  # type: ignore[arg-type]
+    return llm_wire.ChatRequest(request_id=request_id, stream_to=stream_to, **fields)  # type: ignore[arg-type]
 
 
-async def submit(nc: Client, request: wire.ChatRequest, subject: str = SUBJECT) -> nats.aio.msg.Msg:
+async def submit(
+    nc: Client, request: llm_wire.ChatRequest, subject: str = SUBJECT
+) -> nats.aio.msg.Msg:
     return await nc.request(subject, wire.encode(request), timeout=5)
 
 
-async def events_until_end(sub) -> list[wire.Event]:
-    events: list[wire.Event] = []
-    while not events or isinstance(events[-1], wire.Delta):
+async def events_until_end(sub) -> list[llm_wire.Event]:
+    events: list[llm_wire.Event] = []
+    while not events or isinstance(events[-1], llm_wire.Delta):
         events.append(await next_event(sub))
     return events
 
 
-async def next_event(sub) -> wire.Event:
+async def next_event(sub) -> llm_wire.Event:
     """The next event that is not a keepalive."""
-    while isinstance(event := wire.decode_event((await sub.next_msg(timeout=30)).data), wire.Alive):
+    while isinstance(
+        event := llm_wire.decode_event((await sub.next_msg(timeout=30)).data), wire.Alive
+    ):
         pass
     return event
 
@@ -104,10 +109,10 @@ async def next_event(sub) -> wire.Event:
         ({"model": "no-such-model"}, "model_not_found"),
         ({"max_tokens": 5000}, "context_length_exceeded"),
         (
-            {"messages": [wire.ChatMessage(role="user", content="word " * 3000)]},
+            {"messages": [llm_wire.ChatMessage(role="user", content="word " * 3000)]},
             "context_length_exceeded",
         ),
-        ({"stop": ["x" * (wire.MAX_STOP_CHARS + 1)]}, "invalid_request"),
+        ({"stop": ["x" * (llm_wire.MAX_STOP_CHARS + 1)]}, "invalid_request"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "invalid_request"),
     ],
     ids=[
@@ -146,7 +151,7 @@ async def test_generations_run_one_at_a_time_in_order(served) -> None:
 
     async def collect(i: int) -> None:
         events = await events_until_end(subs[i])
-        assert isinstance(events[-1], wire.Done)
+        assert isinstance(events[-1], llm_wire.Done)
         done_order.append(i)
 
     await asyncio.gather(*(collect(i) for i in range(3)))
@@ -160,13 +165,13 @@ async def test_cancel_stops_running_generation(served) -> None:
     before = server.stats()
     await submit(nc, chat("running", sub.subject, max_tokens=1500))
     first = await next_event(sub)
-    assert isinstance(first, wire.Delta)
+    assert isinstance(first, llm_wire.Delta)
     await cancel(nc, "running")
     reply = await submit(nc, chat("after", sub.subject, max_tokens=3))
     assert not reply.headers
     events = await events_until_end(sub)
     # whatever the cancelled run had sent before stopping ends without a Done of its own
-    dones = [e for e in events if isinstance(e, wire.Done)]
+    dones = [e for e in events if isinstance(e, llm_wire.Done)]
     assert len(dones) == 1
     assert dones[0].completion_tokens == 3
     after = server.stats()
@@ -188,7 +193,7 @@ async def test_cancel_before_request_and_while_queued(served) -> None:
     await submit(nc, chat("queued", sub.subject, max_tokens=20))
     await cancel(nc, "queued")
     events = await events_until_end(sub)
-    assert isinstance(events[-1], wire.Done)
+    assert isinstance(events[-1], llm_wire.Done)
     assert events[-1].completion_tokens == 20
     # the blocker is done; nothing else may arrive: flush a no-op round trip through the worker
     probe = await submit(nc, chat("probe", sub.subject, max_tokens=1))
@@ -212,17 +217,17 @@ def test_wire_roundtrip_keeps_unknown_fields_out() -> None:
             "future_field": [1, 2],
         }
     )
-    assert wire.decode_event(newer) == wire.Done(
+    assert llm_wire.decode_event(newer) == llm_wire.Done(
         finish_reason="stop", prompt_tokens=1, completion_tokens=2
     )
 
 
-async def ask(nc: Client, request: wire.ChatRequest) -> tuple[list[wire.Event], float]:
+async def ask(nc: Client, request: llm_wire.ChatRequest) -> tuple[list[llm_wire.Event], float]:
     """Submit to the request's model; its events until Done or Failed, and the seconds taken."""
     sub = await nc.subscribe(nc.new_inbox())
     started = time.monotonic()
     request = msgspec.structs.replace(request, stream_to=sub.subject)
-    reply = await submit(nc, request, wire.chat_subject(request.model))
+    reply = await submit(nc, request, llm_wire.chat_subject(request.model))
     assert not reply.headers, reply.headers
     events = await events_until_end(sub)
     await sub.unsubscribe()
@@ -236,8 +241,8 @@ async def cancel(nc: Client, request_id: str) -> None:
     )
 
 
-def text(events: list[wire.Event]) -> str:
-    return "".join(e.text for e in events if isinstance(e, wire.Delta))
+def text(events: list[llm_wire.Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, llm_wire.Delta))
 
 
 async def test_longest_stop_string_is_matched_cheaply(served) -> None:
@@ -245,7 +250,7 @@ async def test_longest_stop_string_is_matched_cheaply(served) -> None:
     responsive: the generation ends with Done)."""
     nc, _ = served
     events, _ = await ask(nc, chat("long-stop", "", max_tokens=40, stop=["ab" * 256]))
-    assert isinstance(events[-1], wire.Done)
+    assert isinstance(events[-1], llm_wire.Done)
     assert events[-1].completion_tokens == 40
 
 
@@ -257,7 +262,7 @@ async def test_any_int64_seed_is_reproducible(served, seed: int) -> None:
     req = chat("seeded", "", max_tokens=12, temperature=1.0, seed=seed)
     first, _ = await ask(nc, req)
     second, _ = await ask(nc, req)
-    assert isinstance(first[-1], wire.Done)
+    assert isinstance(first[-1], llm_wire.Done)
     assert text(first) == text(second)
 
 
@@ -270,18 +275,20 @@ async def test_a_long_prefill_is_no_stall(own_bus, backend: Backend) -> None:
     """A prompt whose prefill takes longer than stall_s (here 1 s) completes: llama.cpp shows
     it is computing (its abort callback runs during every graph compute), and that counts as
     progress, so the watchdog fires only when the runtime is really stuck."""
-    long = chat("long-prefill", "", messages=[wire.ChatMessage(role="user", content="hi " * 400)])
+    long = chat(
+        "long-prefill", "", messages=[llm_wire.ChatMessage(role="user", content="hi " * 400)]
+    )
     async with serving(own_bus, backend, stall_s=1.0) as (nc, server):
         events, seconds = await ask(nc, msgspec.structs.replace(long, max_tokens=2))
-    assert isinstance(events[-1], wire.Done), events[-1]
+    assert isinstance(events[-1], llm_wire.Done), events[-1]
     assert events[-1].prompt_tokens > 400
     assert seconds > 1.0  # the scenario: the prefill alone outlasted stall_s
     assert server.stats().failed == 0
 
 
-def npu_chat(request_id: str, content: str, **kw: object) -> wire.ChatRequest:
-    messages = [wire.ChatMessage(role="user", content=content)]
-    return wire.ChatRequest(request_id=request_id, model=NPU, messages=messages, **kw)  # type: ignore[arg-type]
+def npu_chat(request_id: str, content: str, **kw: object) -> llm_wire.ChatRequest:
+    messages = [llm_wire.ChatMessage(role="user", content=content)]
+    return llm_wire.ChatRequest(request_id=request_id, model=NPU, messages=messages, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -315,7 +322,7 @@ async def test_watchdog_aborts_a_stalled_generation(npu_served, double: Any) -> 
     assert server.stats().failed == 1
     after, _ = await ask(nc, npu_chat("next", "hello", max_tokens=5))
     assert text(after) == "".join(FRESH)
-    assert isinstance(after[-1], wire.Done)
+    assert isinstance(after[-1], llm_wire.Done)
 
 
 async def test_no_context_bleed_on_the_npu(npu_served, double: Any) -> None:
@@ -329,9 +336,9 @@ async def test_no_context_bleed_on_the_npu(npu_served, double: Any) -> None:
     await submit(
         nc,
         npu_chat("long", "tell me a story", max_tokens=900, stream_to=sub.subject),
-        wire.chat_subject(NPU),
+        llm_wire.chat_subject(NPU),
     )
-    assert isinstance(await next_event(sub), wire.Delta)
+    assert isinstance(await next_event(sub), llm_wire.Delta)
     await cancel(nc, "long")
     after_cancel, _ = await ask(nc, msgspec.structs.replace(hello, seed=2**63 - 1))
     boom, _ = await ask(nc, npu_chat("boom", "boom"))
@@ -352,7 +359,7 @@ async def test_worker_off_the_bus_stops_generating(new_nats, tmp_path, double: A
         async with serving(nats_server, backend, stall_s=60) as (nc, server):
             sub = await nc.subscribe(nc.new_inbox())
             await submit(
-                nc, npu_chat("orphan", "stall", stream_to=sub.subject), wire.chat_subject(NPU)
+                nc, npu_chat("orphan", "stall", stream_to=sub.subject), llm_wire.chat_subject(NPU)
             )
             async with asyncio.timeout(10):
                 while not server.stats().busy:  # noqa: ASYNC110

@@ -8,6 +8,7 @@ from typing import Any
 
 import nats
 from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 from edge_common.worker import STALLED, WEDGED_EXIT_CODE
 
 
@@ -29,20 +30,20 @@ async def test_wedged_runtime_makes_the_worker_exit(
         try:
             nc = await nats.connect(bus.url, **bus.creds("router"))
             sub = await nc.subscribe(nc.new_inbox())
-            request = wire.ChatRequest(
+            request = llm_wire.ChatRequest(
                 request_id="wedge",
                 model="npu-model",
-                messages=[wire.ChatMessage(role="user", content="wedge")],
+                messages=[llm_wire.ChatMessage(role="user", content="wedge")],
                 stream_to=sub.subject,
             )
             reply = await nc.request(
-                wire.chat_subject("npu-model"), wire.encode(request), timeout=10
+                llm_wire.chat_subject("npu-model"), wire.encode(request), timeout=10
             )
             assert not reply.headers
             async with asyncio.timeout(15):
                 while isinstance(
-                    event := wire.decode_event((await sub.next_msg(timeout=15)).data),
-                    wire.Delta | wire.Alive,
+                    event := llm_wire.decode_event((await sub.next_msg(timeout=15)).data),
+                    llm_wire.Delta | wire.Alive,
                 ):
                     pass
             assert event == wire.Failed(code="unavailable", message=STALLED.format(stall_s=1.0))

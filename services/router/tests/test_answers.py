@@ -4,11 +4,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 from edge_router.answers import chunks
 
 
-async def events(*items: wire.Delta | wire.Done) -> AsyncIterator[wire.Delta | wire.Done]:
+async def events(
+    *items: llm_wire.Delta | llm_wire.Done,
+) -> AsyncIterator[llm_wire.Delta | llm_wire.Done]:
     for item in items:
         yield item
 
@@ -16,11 +18,14 @@ async def events(*items: wire.Delta | wire.Done) -> AsyncIterator[wire.Delta | w
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_chunks_follow_openai_sequence(include_usage: bool) -> None:
     """Role chunk first, one chunk per delta, a finish chunk, then the usage chunk if asked."""
-    done = wire.Done(finish_reason="length", prompt_tokens=4, completion_tokens=2)
+    done = llm_wire.Done(finish_reason="length", prompt_tokens=4, completion_tokens=2)
     got = [
         c
         async for c in chunks(
-            events(wire.Delta(text="He"), wire.Delta(text="y"), done), "id1", "m", include_usage
+            events(llm_wire.Delta(text="He"), llm_wire.Delta(text="y"), done),
+            "id1",
+            "m",
+            include_usage,
         )
     ]
     encoded = [msgspec.to_builtins(c) for c in got]

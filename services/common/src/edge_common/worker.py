@@ -1,7 +1,7 @@
 """The one worker runtime every NATS worker (llm, vision, rag) runs its jobs on.
 
 accept -> wait for the accelerator's turn and the NPU lease -> stream the job's events to
-the caller's inbox (numbered, see wire.Delta.n) -> keepalive -> cancel -> watchdog -> drain.
+the caller's inbox (numbered, see llm_wire.Delta.n) -> keepalive -> cancel -> watchdog -> drain.
 
 A service decodes and checks a request itself (a refusal is its micro ServiceError), then
 hands the runtime a Job: something with a request id, the caller's inbox, and an async
@@ -79,7 +79,7 @@ class Job(Protocol):
     outcome: Outcome | None
     """How it ended, once it did (set by the runtime)."""
     final: type
-    """The event that ends it successfully (wire.Done for llm)."""
+    """The event that ends it successfully (llm_wire.Done for llm)."""
 
     def summary(self) -> dict[str, object]:
         """What the log events of its end carry (e.g. tokens generated so far)."""

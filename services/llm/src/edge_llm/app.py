@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from edge_common import bus, wire
 from edge_common.metrics import metrics
+from edge_common.protocol import llm as llm_wire
 from edge_common.worker import npu_lease
 from litestar import Litestar, get
 from litestar.datastructures import State
@@ -50,9 +51,9 @@ def create_app(settings: LlmSettings) -> Litestar:
             )
             await residency.ensure(residency.pinned)
             nc = await stack.enter_async_context(
-                bus.connect(settings.nats_url, "llm", settings.nats_password)
+                bus.connect(settings.nats_url, llm_wire.SERVICE, settings.nats_password)
             )
-            lease = await npu_lease(nc, settings, "llm")
+            lease = await npu_lease(nc, settings, llm_wire.SERVICE)
             stack.push_async_callback(lease.stop)
             server = LlmServer(
                 nc,
@@ -63,11 +64,11 @@ def create_app(settings: LlmSettings) -> Litestar:
             )
             await server.worker.start(stack, grace_s=settings.shutdown_grace_s)
             cards = [b.card for b in backends.values()]
-            endpoints = {wire.chat_subject(card.id): server.on_chat for card in cards}
+            endpoints = {llm_wire.chat_subject(card.id): server.on_chat for card in cards}
             await stack.enter_async_context(
                 bus.serve(
                     nc,
-                    name="llm",
+                    name=llm_wire.SERVICE,
                     version=VERSION,
                     description="Chat generation with token streaming",
                     endpoints=endpoints,

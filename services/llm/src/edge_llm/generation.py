@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from edge_common.wire import ChatRequest, Delta, Done
+from edge_common.protocol.llm import ChatRequest, Delta, Done
 from edge_common.worker import Outcome
 
 from edge_llm.backends import Backend, RuntimeUsage, Sampling

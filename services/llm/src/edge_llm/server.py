@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from edge_common import wire
 from edge_common.npu_lease import NpuLease
+from edge_common.protocol import llm as llm_wire
 from edge_common.worker import Outcome, Worker
 from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
@@ -48,7 +49,7 @@ class LlmServer:
         self.worker = Worker(
             nc,
             lease,
-            service="llm",
+            service=llm_wire.SERVICE,
             noun="generation",
             stall_s=stall_s,
             abort_grace_s=abort_grace_s,
@@ -66,7 +67,7 @@ class LlmServer:
         )
 
     async def on_chat(self, req: Request) -> None:
-        request = self.worker.take(req, wire.decode_request, "chat")
+        request = self.worker.take(req, llm_wire.decode_request, "chat")
         backend = self.residency.backends.get(request.model)
         if backend is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
@@ -125,7 +126,7 @@ class LlmServer:
         """What the router reads from this instance's STATS (per endpoint `data`): asked
         every discovery round, so no I/O here."""
         return msgspec.to_builtins(
-            wire.LlmStats(
+            llm_wire.LlmStats(
                 resident=self.residency.resident(), switch_s=round(self.residency.switch_s, 3)
             )
         )

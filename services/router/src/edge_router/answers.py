@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 import msgspec
-from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 
 from edge_router import protocol as p
 from edge_router.llm_client import Events
@@ -19,7 +19,7 @@ UsageSink = Callable[[p.Usage], None]
 """Hears the token counts of a generation or a cloud stream."""
 
 
-def usage(done: wire.Done) -> p.Usage:
+def usage(done: llm_wire.Done) -> p.Usage:
     return p.Usage(
         prompt_tokens=done.prompt_tokens,
         completion_tokens=done.completion_tokens,
@@ -69,7 +69,7 @@ async def chunks(
 
     yield chunk(p.ChunkDelta(role="assistant", content=""))
     async for event in events:
-        if isinstance(event, wire.Delta):
+        if isinstance(event, llm_wire.Delta):
             yield chunk(p.ChunkDelta(content=event.text))
         else:
             on_usage(usage(event))
@@ -83,9 +83,9 @@ async def chunks(
 async def collect(events: Events, model: str, request_id: str) -> p.ChatCompletion:
     """A local answer as one completion."""
     text: list[str] = []
-    done: wire.Done | None = None
+    done: llm_wire.Done | None = None
     async for event in events:
-        if isinstance(event, wire.Delta):
+        if isinstance(event, llm_wire.Delta):
             text.append(event.text)
         else:
             done = event

@@ -37,14 +37,14 @@ EVENTS_LOST = "Part of the answer was lost on the message bus; try again."
 
 
 class Numbered(Protocol):
-    """An answer event: numbered 1, 2, 3... per request, or 0 when not numbered (wire.Delta.n)."""
+    """An answer event: numbered 1, 2, 3... per request, or 0 when not numbered (llm.Delta.n)."""
 
     @property
     def n(self) -> int: ...
 
 
 class Submission(Protocol):
-    """A request message (a wire Struct) that can be streamed: see wire.ChatRequest."""
+    """A request message (a wire Struct) that can be streamed: see llm_wire.ChatRequest."""
 
     @property
     def request_id(self) -> str: ...
@@ -154,7 +154,7 @@ class BusClient(Generic[E]):
                 if isinstance(event, wire.Failed):
                     finished = True
                     raise from_wire(event.code, event.message, request_id)
-                if event.n and event.n != expected:  # see wire.Delta.n
+                if event.n and event.n != expected:  # see llm_wire.Delta.n
                     log.warning("router.events_lost", expected=expected, got=event.n)
                     raise unavailable(EVENTS_LOST)
                 expected += 1

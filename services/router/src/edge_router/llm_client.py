@@ -10,17 +10,18 @@ from collections.abc import AsyncGenerator
 import msgspec
 import structlog
 from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 from nats.aio.client import Client
 
 from edge_router.bus_client import BusClient
 from edge_router.errors import ApiError, InvalidRequest
 
 log = structlog.get_logger(__name__)
-Events = AsyncGenerator[wire.Delta | wire.Done, None]
+Events = AsyncGenerator[llm_wire.Delta | llm_wire.Done, None]
 
 
 class EndpointStats(msgspec.Struct):
-    data: wire.LlmStats | None = None
+    data: llm_wire.LlmStats | None = None
 
 
 class ServiceStats(msgspec.Struct):
@@ -47,11 +48,11 @@ def _too_long() -> ApiError:
 
 class LlmClient:
     def __init__(self, nc: Client, *, accept_timeout: float, idle_timeout: float) -> None:
-        self._bus: BusClient[wire.Delta | wire.Done] = BusClient(
+        self._bus: BusClient[llm_wire.Delta | llm_wire.Done] = BusClient(
             nc,
-            "llm",
-            decode=wire.decode_event,
-            final=(wire.Done,),
+            llm_wire.SERVICE,
+            decode=llm_wire.decode_event,
+            final=(llm_wire.Done,),
             too_large=_too_long,
             accept_timeout=accept_timeout,
             idle_timeout=idle_timeout,
@@ -61,10 +62,10 @@ class LlmClient:
         """Stop listening to the streams still open (see BusClient.aclose)."""
         await self._bus.aclose()
 
-    async def stream_chat(self, request: wire.ChatRequest) -> Events:
+    async def stream_chat(self, request: llm_wire.ChatRequest) -> Events:
         """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
         return await self._bus.stream(
-            wire.chat_subject(request.model), request, serving=request.model
+            llm_wire.chat_subject(request.model), request, serving=request.model
         )
 
     async def discover(self, window: float) -> Discovery:
@@ -82,7 +83,7 @@ class LlmClient:
             for card in cards:
                 found.cards.setdefault(card.id, card)
             for endpoint in stats.endpoints:
-                data = endpoint.data or wire.LlmStats()
+                data = endpoint.data or llm_wire.LlmStats()
                 found.resident.update(data.resident)
                 found.switch_s = max(found.switch_s, data.switch_s)
         return found

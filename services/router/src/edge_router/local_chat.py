@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import msgspec
-from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 
 from edge_router import protocol as p
 from edge_router.admission import Admission
@@ -57,7 +57,7 @@ class LocalChat:
                 )
             return _json.encode(await collect(events, model, request_id))
 
-    async def _submit(self, request: wire.ChatRequest) -> Events:
+    async def _submit(self, request: llm_wire.ChatRequest) -> Events:
         try:
             events = await self._llm.stream_chat(request)
         except Unavailable:
@@ -67,7 +67,7 @@ class LocalChat:
 
     async def _stream(
         self,
-        request: wire.ChatRequest,
+        request: llm_wire.ChatRequest,
         include_usage: bool,
         events: Events,
         held: AsyncExitStack,

@@ -9,7 +9,8 @@ import time
 from typing import Annotated, Any, Literal
 
 import msgspec
-from edge_common.wire import INT64, MAX_STOP_CHARS, MAX_STOPS
+from edge_common.protocol.llm import MAX_STOP_CHARS, MAX_STOPS
+from edge_common.wire import INT64
 from msgspec import Meta
 
 # --- request ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ text model), so here a message is its text.
 
 from typing import Literal
 
-from edge_common import wire
+from edge_common.protocol import llm as llm_wire
 
 from edge_router import policy
 from edge_router import protocol as p
@@ -21,20 +21,20 @@ ROLES: dict[type, Literal["system", "user", "assistant"]] = {
 """OpenAI's message types by the wire role they play; others (tool messages) are left out."""
 
 
-def messages(request_messages: list[p.Message]) -> list[wire.ChatMessage]:
+def messages(request_messages: list[p.Message]) -> list[llm_wire.ChatMessage]:
     """The conversation as text."""
     return [
-        wire.ChatMessage(role=ROLES[type(m)], content=policy.text_of(m))
+        llm_wire.ChatMessage(role=ROLES[type(m)], content=policy.text_of(m))
         for m in request_messages
         if type(m) in ROLES
     ]
 
 
-def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> wire.ChatRequest:
+def to_wire(request: p.ChatCompletionRequest, model: str, request_id: str) -> llm_wire.ChatRequest:
     """A checked request (see checks.check), routed to local `model`, as the llm worker
     takes it."""
     stop = [request.stop] if isinstance(request.stop, str) else (request.stop or [])
-    return wire.ChatRequest(
+    return llm_wire.ChatRequest(
         request_id=request_id,
         model=model,
         messages=messages(request.messages),

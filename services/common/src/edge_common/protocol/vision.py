@@ -78,7 +78,7 @@ class Detected(Wire, tag="detected", kw_only=True):
     model: str
     result: DetectResult
     n: int = 0
-    """Numbered like wire.Delta.n."""
+    """Numbered like the llm protocol's Delta.n."""
 
 
 Event = Detected | Failed | Alive

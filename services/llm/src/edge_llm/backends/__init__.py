@@ -8,7 +8,8 @@ strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_ll
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from edge_common.wire import ChatMessage, ModelCard
+from edge_common.protocol.llm import ChatMessage
+from edge_common.wire import ModelCard
 
 from edge_llm.backends.base import RuntimeUsage, Sampling
 from edge_llm.backends.llamacpp import LlamaCppBackend, LlamaCppModel

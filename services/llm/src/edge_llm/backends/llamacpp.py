@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 
 import llama_cpp
 import msgspec
-from edge_common.wire import ChatMessage, ModelCard
+from edge_common.protocol.llm import ChatMessage
+from edge_common.wire import ModelCard
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import structlog
-from edge_common.wire import ChatMessage, ModelCard
+from edge_common.protocol.llm import ChatMessage
+from edge_common.wire import ModelCard
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
