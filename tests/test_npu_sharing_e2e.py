@@ -72,6 +72,9 @@ async def test_chat_and_detect_share_the_npu(launch, new_nats, tmp_path: Path, s
                 detects = [http.post("/v1/vision/detect", json=image) for _ in range(DETECTS)]
                 answers = await asyncio.wait_for(asyncio.gather(*detects), 60)
                 events = await asyncio.wait_for(generating, 60)
+        except TimeoutError:
+            logs = {n: s.log_path.read_text()[-4000:] for n, s in started.items()}
+            pytest.fail(f"timed out; lease statuses {seen[-6:]}; logs {logs}")
         finally:
             recorder.cancel()
             await observer.stop()

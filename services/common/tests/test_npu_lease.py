@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from edge_common import bus
@@ -156,10 +157,10 @@ async def test_cancel_while_the_ticket_is_deleted_still_releases(make_lease) -> 
     gate = asyncio.Event()
     delete = lease._delete
 
-    async def slow_ticket_delete(key: str, last: int) -> None:
+    async def slow_ticket_delete(key: str, last: int, ours: bytes | None = None) -> None:
         if ".wait." in key:
             await gate.wait()
-        await delete(key, last)
+        await delete(key, last, ours)
 
     lease._delete = slow_ticket_delete  # type: ignore[method-assign]
     task = asyncio.create_task(_hold_until_cancelled(lease, asyncio.Event()))
@@ -168,6 +169,19 @@ async def test_cancel_while_the_ticket_is_deleted_still_releases(make_lease) -> 
     with contextlib.suppress(asyncio.CancelledError):
         await task
     gate.set()  # the place in line is given up
+    async with asyncio.timeout(TTL / 2):  # far sooner than an expiry would free the slot
+        await _hold_once(other)
+
+
+async def test_release_after_an_unheard_renewal_frees_the_slot_at_once(make_lease) -> None:
+    """A renewal that landed but whose answer never came back (cut off by the release itself,
+    or a timeout) leaves the holder a revision behind: its release still frees the slot then,
+    not the TTL."""
+    lease, other = await make_lease("holder"), await make_lease("next")
+    async with lease.hold("m") as held:
+        kv = lease._kv
+        assert kv is not None
+        await kv.update(held.key, msgspec.json.encode(held.holder), last=held.rev)
     async with asyncio.timeout(TTL / 2):  # far sooner than an expiry would free the slot
         await _hold_once(other)
 

@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 BUCKET: Final = "npu"
 STREAM_CONFIG_DIFFERS: Final = 10058
 """JetStream's err_code for "stream name already in use with a different configuration"."""
+WRONG_LAST_SEQUENCE: Final = 10071
+"""JetStream's err_code for a write whose expected last sequence is not the subject's."""
 WATCH_RETRY_S: Final = 0.25
 """Pause before re-watching after a failed watch (e.g. JetStream still starting up)."""
 
@@ -360,15 +362,30 @@ class NpuLease:
         place = sum(1 for first, key, _ in self._view.line() if key != ticket and first < order)
         return free[place] + 1 if place < len(free) else 0
 
-    async def _delete(self, key: str, last: int) -> None:
+    async def _delete(self, key: str, last: int, ours: bytes | None = None) -> None:
+        """Delete `key` at revision `last`; if it moved on but still holds `ours` (a renewal
+        landed whose answer we never heard), at the revision it moved to."""
+        try:
+            if await self._delete_at(key, last):
+                return
+            rev, current = await self._last(key)
+            if ours is not None and current == ours and await self._delete_at(key, rev):
+                return
+            log.warning("npu.lease_not_ours", key=key)
+        except nats.errors.Error as exc:  # the bus is away: the TTL frees the key instead
+            log.warning("npu.lease_release_failed", key=key, error=repr(exc))
+
+    async def _delete_at(self, key: str, last: int) -> bool:
+        """Delete `key` if `last` is its last revision; False if it is not."""
         kv = self._kv
         assert kv is not None
         try:
             await kv.delete(key, last=last)
-        except KeyWrongLastSequenceError:
-            log.warning("npu.lease_not_ours", key=key)
-        except nats.errors.Error as exc:  # the bus is away: the TTL frees the key instead
-            log.warning("npu.lease_release_failed", key=key, error=repr(exc))
+        except BadRequestError as exc:  # kv.delete does not raise KeyWrongLastSequenceError
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            return False
+        return True
 
 
 class Held:
@@ -420,9 +437,12 @@ class Held:
                     log.warning("npu.lease_heartbeat_failed", key=self.key, error=repr(exc))
 
     async def release(self) -> None:
+        # a renewal cut off here may still land: the delete then finds our value at a newer
+        # revision (waiting out the TTL instead kept the next job off the NPU for seconds)
         self._beat.cancel()
+        await asyncio.wait([self._beat])
         if not self.lost.is_set():
-            await self._lease._delete(self.key, last=self.rev)
+            await self._lease._delete(self.key, last=self.rev, ours=_encode(self.holder))
 
 
 def lease_owner(service: str) -> str:
