@@ -1,0 +1,1 @@
+"""Local RAG: embed on the board, store in Qdrant, answer with citations."""
