@@ -5,16 +5,15 @@ joins the bus: it speaks the real llm wire protocol and fails where we tell it t
 """
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from edge_common import bus, wire
+from edge_common import wire
 from edge_common.protocol import llm as llm_wire
-from nats.micro.request import Request
 from openai import APIError, AsyncOpenAI, InternalServerError
+from stand_in import Answer, stand_in
 
 
 @pytest.fixture(scope="module")
@@ -45,39 +44,12 @@ def test_no_llm_service_is_503_with_retry_after(bare, model: str) -> None:
     assert health["services"]["llm"]["reachable"] is False
 
 
-@asynccontextmanager
-async def stand_in(
-    nats, model: str, events: Callable[[], list[llm_wire.Event]]
-) -> AsyncIterator[None]:
-    """A stand-in llm worker serving `model`: accepts, then streams `events()`."""
-
-    async def on_chat(req: Request) -> None:
-        request = llm_wire.decode_request(req.data)
-        await req.respond(wire.encode(wire.Accepted(prompt_tokens=1)))
-        for event in events():
-            await nc.publish(request.stream_to, wire.encode(event))
-
-    cards = [wire.ModelCard(id=model, context_length=2048)]
-    async with (
-        bus.connect(nats.url, "llm", nats.passwords["EDGE_LLM_NATS_PASSWORD"]) as nc,
-        bus.serve(
-            nc,
-            name="llm",
-            version="0.0.1",
-            description="stand-in",
-            endpoints={llm_wire.chat_subject(model): on_chat},
-            metadata={"models": wire.models_encoder.encode(cards).decode()},
-        ),
-    ):
-        yield
-
-
 @pytest.fixture
 async def failing_worker(bare) -> AsyncIterator[list[int]]:
     """Serves "flaky": streams `plan[0]` tokens, then reports a failure."""
     plan = [0]
 
-    def events() -> list[llm_wire.Event]:
+    def events(_: llm_wire.ChatRequest) -> list[llm_wire.Event]:
         failed = wire.Failed(code="generation_failed", message="CUDA out of memory at 0x7f3a")
         return [*(llm_wire.Delta(text="tok ") for _ in range(plan[0])), failed]
 
@@ -88,8 +60,8 @@ async def failing_worker(bare) -> AsyncIterator[list[int]]:
 async def test_workers_with_different_models_share_a_bus(bare) -> None:
     """Two workers, each with its own model: every request reaches the one that has it."""
 
-    def answer(name: str) -> Callable[[], list[llm_wire.Event]]:
-        return lambda: [
+    def answer(name: str) -> Answer:
+        return lambda _: [
             llm_wire.Delta(text=f"I am {name}"),
             llm_wire.Done(finish_reason="stop", prompt_tokens=1, completion_tokens=3),
         ]
@@ -143,7 +115,7 @@ async def test_a_hole_in_the_events_is_an_error_not_a_partial_answer(bare, strea
     """Events are numbered (NATS delivers at most once): a worker whose second event never
     arrived gives a 503 (or, once streaming, an error event), never an answer with a hole."""
 
-    def events() -> list[llm_wire.Event]:
+    def events(_: llm_wire.ChatRequest) -> list[llm_wire.Event]:
         done = llm_wire.Done(finish_reason="stop", prompt_tokens=1, completion_tokens=3, n=4)
         return [llm_wire.Delta(text="a", n=1), llm_wire.Delta(text="c", n=3), done]
 

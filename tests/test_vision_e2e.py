@@ -14,6 +14,10 @@ from api_keys import make_key
 
 PHOTOS = Path(skimage.__file__).parent / "data"
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+TINY_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
+"""A 1x1 grey PNG, plain base64."""
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,7 @@ def test_finds_the_objects_in_sample_photos(gateway: Any, image: str, labels: se
         ({"image": "not base64!"}, 400, "image", "invalid_image"),
         ({"image": base64.b64encode(b"plain text").decode()}, 400, "image", "invalid_image"),
         ({"image": "aGk=", "score_threshold": 2}, 400, "score_threshold", "invalid_value"),
-        ({"image": "aGk=", "model": "yolo-nope"}, 404, "model", "model_not_found"),
+        ({"image": TINY_PNG, "model": "yolo-nope"}, 404, "model", "model_not_found"),
         ({"image": "A" * (8 * 2**20)}, 413, None, None),
         ({}, 400, "image", "missing_required_parameter"),
     ],

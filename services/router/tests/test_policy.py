@@ -31,7 +31,8 @@ def state(**kw: object) -> policy.State:
     )
     if kw.pop("local_down", False):
         local = policy.Local(models={})
-    cloud = policy.Cloud(models={CLOUD: "openai"} if kw.pop("cloud", True) else {})
+    on = kw.pop("cloud", True)
+    cloud = policy.Cloud(models={CLOUD: "openai"} if on else {}, vision=[CLOUD] if on else [])
     if kw.pop("breaker_open", False):
         cloud = policy.Cloud(models=cloud.models, open_breakers={"openai": 12.0})
     return policy.State(local=local, cloud=cloud, **kw)  # type: ignore[arg-type]
@@ -244,6 +245,76 @@ def test_what_local_can_do_is_read_from_its_card(asked: dict) -> None:
     assert err.value.param
     able = policy.State(local=policy.Local(models={LOCAL: ABLE}), cloud=state().cloud)
     assert route(request("Hi", **asked), able).target == "local"
+
+
+DETECTOR = "ssd-mobilenet-v2-coco"
+
+
+def seeing(
+    question: str, *, detectors: tuple[str, ...] = (DETECTOR,), vision: bool = True, **kw: object
+) -> tuple[policy.Decision | ApiError, p.ChatCompletionRequest]:
+    """The decision on `question` about an image (or the error), with `detectors` running
+    and a cloud whose model takes images or not."""
+    content = [{"type": "text", "text": question}, *IMAGE]
+    req = request("x", **{"messages": [{"role": "user", "content": content}], **kw})
+    s = state()
+    s = policy.State(
+        local=policy.Local(models=s.local.models, detectors=list(detectors)),
+        cloud=policy.Cloud(models=s.cloud.models, vision=[CLOUD] if vision else []),
+    )
+    try:
+        return route(req, s), req
+    except ApiError as exc:
+        return exc, req
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["How many cats are there?", "Is there a person in this photo?", "Where is the dog?"],
+)
+def test_an_image_question_detection_answers_stays_local(question: str) -> None:
+    """What, how many, where: the detector describes the image and the local model answers
+    (the cloud vision model only as the fallback), and the reason says so."""
+    decision, _ = seeing(question)
+    assert isinstance(decision, policy.Decision)
+    assert (decision.target, decision.detector) == ("local", DETECTOR)
+    assert f"images described by object detection ({DETECTOR})" in decision.reasons
+    assert decision.fallback is not None
+    assert decision.fallback.model == CLOUD
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["Describe this picture.", "What does the sign say?", "What colour is the car?", ""],
+)
+def test_an_image_question_beyond_detection_goes_to_a_cloud_vision_model(question: str) -> None:
+    """A question detection cannot answer goes to the cloud vision model, with the detector
+    path as the fallback; without a cloud vision model it stays on the detector path and
+    the reason says what is missing."""
+    decision, _ = seeing(question)
+    assert isinstance(decision, policy.Decision)
+    assert (decision.target, decision.model, decision.detector) == ("cloud", CLOUD, None)
+    assert "the image question needs more than object detection" in decision.reasons
+    assert decision.fallback == policy.Choice(target="local", model=LOCAL, detector=DETECTOR)
+    local, _ = seeing(question, vision=False)
+    assert isinstance(local, policy.Decision)
+    assert (local.target, local.detector) == ("local", DETECTOR)
+    assert "but no cloud model takes images" in local.reasons
+
+
+def test_images_without_a_detector_or_a_cloud_vision_model_are_refused() -> None:
+    """No detector and no cloud model that takes images: 400 naming what is missing (it
+    will not change by retrying); a pinned local model without eyes: 400 too."""
+    refused, _ = seeing("How many cats?", detectors=(), vision=False)
+    assert isinstance(refused, ApiError)
+    assert (refused.status, refused.code) == (400, "unsupported")
+    assert "no cloud model takes images" in refused.message
+    pinned, _ = seeing("How many cats?", detectors=(), model=LOCAL)
+    assert isinstance(pinned, ApiError)
+    assert pinned.status == 400
+    described, _ = seeing("Describe it.", model=LOCAL)  # pinned: the detector path
+    assert isinstance(described, policy.Decision)
+    assert (described.target, described.detector) == ("local", DETECTOR)
 
 
 def test_plain_text_response_format_is_plain_chat() -> None:

@@ -26,6 +26,8 @@ from edge_router.auth import Auth
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
+from edge_router.image_text import ImageText
+from edge_router.images import ImageSource
 from edge_router.keys import KeyStore
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
@@ -47,7 +49,7 @@ EXPOSED = [  # response headers a browser app may read (CORS)
         for k in ("requests", "tokens")
     ),
 ]
-PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision")
+PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision", "images")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -65,6 +67,8 @@ def create_app(settings: RouterSettings) -> Litestar:
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )
             stack.push_async_callback(vision.aclose)
+            images = ImageSource(settings.limits)
+            stack.push_async_callback(images.aclose)
             cloud = CloudClient(settings.upstreams)
             stack.push_async_callback(cloud.aclose)
             catalog = LocalCatalog(llm, settings.discovery_window_s, vision)
@@ -78,6 +82,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             app.state.update(
                 limits=RateLimits(),
                 vision=vision,
+                images=images,
                 nc=nc,
                 cloud=cloud,
                 catalog=catalog,
@@ -91,6 +96,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                     Path(settings.sysfs_root),
                     settings.local_only,
                     settings.limits,
+                    ImageText(vision, images),
                 ),
             )
             yield

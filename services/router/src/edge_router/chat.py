@@ -23,6 +23,7 @@ from edge_router.caller import Caller, Watcher
 from edge_router.checks import check
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, BadGateway, Unavailable
+from edge_router.image_text import ImageText
 from edge_router.llm_client import LlmClient
 from edge_router.local_chat import LocalChat
 from edge_router.local_state import LocalCatalog
@@ -51,8 +52,10 @@ class ChatService:
         sysfs_root: Path,
         local_only: bool,
         limits: InputLimits,
+        image_text: ImageText,
     ) -> None:
         self._local = LocalChat(llm, catalog, admission)
+        self._image_text = image_text
         self._cloud = cloud
         self._catalog = catalog
         self._admission = admission
@@ -76,9 +79,12 @@ class ChatService:
                 switch_s=self._catalog.switch_costs(),
                 queue_full=self._admission.full,
                 npu_temp_c=zone.celsius if zone else None,
+                detectors=self._catalog.detectors,
             ),
             cloud=policy.Cloud(
-                models=self._cloud.models(), open_breakers=self._cloud.open_breakers()
+                models=self._cloud.models(),
+                open_breakers=self._cloud.open_breakers(),
+                vision=self._cloud.vision_models(),
             ),
             local_only=caller.local_only or self._local_only,
         )
@@ -133,6 +139,7 @@ class ChatService:
                 target=fallback.target,
                 model=fallback.model,
                 upstream=fallback.upstream,
+                detector=fallback.detector,
                 reasons=[
                     *decision.reasons,
                     f"{decision.target} failed, fell back to {fallback.target}",
@@ -161,4 +168,6 @@ class ChatService:
             # ask for usage anyway (rate limits settle with it, metrics count it), keep it
             body["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
             return usage_taken(await self._cloud.stream(d.upstream, body), watcher.counted)
+        if d.detector:
+            request = await self._image_text.described(request, d.detector, request_id)
         return await self._local.run(request, d.model, request_id, caller, watcher)

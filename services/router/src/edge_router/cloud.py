@@ -106,7 +106,11 @@ class CloudClient:
 
     def models(self) -> dict[str, str]:
         """Model id -> upstream name, in configuration order."""
-        return {m: u.name for u in self.upstreams.values() for m in u.models}
+        return {m: u.name for u in self.upstreams.values() for m in [*u.models, *u.vision_models]}
+
+    def vision_models(self) -> list[str]:
+        """Model ids that take images, in configuration order."""
+        return [m for u in self.upstreams.values() for m in u.vision_models]
 
     def open_breakers(self) -> dict[str, float]:
         return {n: b.retry_in() for n, b in self.breakers.items() if b.state == "open"}

@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import structlog
+from edge_common.protocol.vision import DEFAULT_MODEL
 from edge_common.wire import ModelCard
 
 from edge_router.llm_client import LlmClient
@@ -34,7 +35,7 @@ class LocalCatalog:
         self._vision = vision
         self._window_s = window_s
         self.detectors: list[str] = []
-        """The detectors the vision workers serve (for /v1/models)."""
+        """The detectors the vision workers serve, the default one first."""
         self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
         self.down: frozenset[str] = frozenset()
@@ -51,7 +52,8 @@ class LocalCatalog:
             found, detectors = await asyncio.gather(
                 self._llm.discover(self._window_s), self._vision.models(self._window_s)
             )
-            self.detectors = sorted(detectors)
+            # the default detector first: it is the one that describes images to a chat model
+            self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
         for model in self.cards.keys() - found.cards.keys():
             self._missed[model] = self._missed.get(model, 0) + 1
         for model in found.cards:

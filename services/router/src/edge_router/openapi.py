@@ -24,7 +24,7 @@ from litestar.openapi.spec import (
 
 from edge_router import protocol as p
 from edge_router.settings import InputLimits
-from edge_router.vision import DetectAnswer, DetectBody
+from edge_router.vision import DetectAnswer, DetectBody, DetectFields
 
 CHAT_PATHS = ("/v1/chat/completions", "/v1/route/explain")
 EXAMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
@@ -33,12 +33,13 @@ SCHEMAS = (
     p.ChatCompletion,
     p.ChatCompletionChunk,
     DetectBody,
+    DetectFields,
     DetectAnswer,
 )
 
 
-def _json(name: str) -> dict[str, OpenAPIMediaType]:
-    return {"application/json": OpenAPIMediaType(schema=Reference(f"#/components/schemas/{name}"))}
+def _json(name: str, media: str = "application/json") -> dict[str, OpenAPIMediaType]:
+    return {media: OpenAPIMediaType(schema=Reference(f"#/components/schemas/{name}"))}
 
 
 def openapi_config(*, auth: bool) -> OpenAPIConfig:
@@ -67,6 +68,14 @@ def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...])
     fields["messages"]["maxItems"] = limits.max_messages
     for name in ("max_tokens", "max_completion_tokens"):
         fields[name]["anyOf"][0]["maximum"] = limits.max_tokens
+    components["DetectUpload"] = {  # the form: the image file beside DetectFields' fields
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            **components["DetectFields"]["properties"],
+        },
+    }
     document.components.schemas.update(components)  # type: ignore[arg-type]  # dicts render as is
     paths = document.paths or {}
     for path in CHAT_PATHS:
@@ -76,7 +85,10 @@ def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...])
     detect = paths["/v1/vision/detect"].post
     assert detect is not None
     assert detect.responses is not None
-    detect.request_body = RequestBody(content=_json("DetectBody"), required=True)
+    detect.request_body = RequestBody(
+        content={**_json("DetectBody"), **_json("DetectUpload", "multipart/form-data")},
+        required=True,
+    )
     detect.responses["200"] = OpenAPIResponse(
         description="The objects found, best first, boxes in the image's pixels",
         content=_json("DetectAnswer"),

@@ -10,6 +10,10 @@ Local-only requests never reach the cloud.
 
 What a local model can serve (images, tools, structured output, logprobs) is decided here and
 only here, from the capabilities its worker advertises (edge_common.wire.Capabilities).
+Images reach a local model without vision as text: the router runs object detection on them
+and the model answers from the detections (Decision.detector). `auto` sends an image
+question to a cloud vision model instead when it asks more than detection tells (what is
+written, what colour, describe...) or when there is no detector.
 """
 
 import re
@@ -44,6 +48,14 @@ _MATH = re.compile(
     r"\\(frac|sum|int|sqrt|begin)|\b(integral|derivative|theorem|prove|proof|equation|matrix"
     r"|eigen\w*|probability)\b|\d\s*[\^*/=]\s*\d"
 )
+_DETECTION_QUESTION = re.compile(
+    r"\b(is there|are there|how many|count|number of|where|locate|detect|spot|what objects"
+    r"|which objects|what(?:'s| is| do you see) in)\b"
+)
+_BEYOND_DETECTION = re.compile(
+    r"\b(read|text|written|writing|says?|colou?rs?|describe|description|caption|explain|why"
+    r"|breed|brand|emotion|mood|style|doing|happening|wearing)\b"
+)
 _REASONING = re.compile(
     r"step[- ]by[- ]step|\b(reason|analy[sz]e|compare|evaluate|plan|design|trade-?offs?"
     r"|justify|derive|multi-step|pros and cons)\b"
@@ -65,6 +77,8 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
     json_schema: bool
     """`response_format` asks for JSON (json_object or json_schema; `text` is plain chat)."""
     images: bool
+    images_need_more: bool
+    """Images with a question detection cannot answer (only what, how many and where)."""
     logprobs: bool
     max_tokens: int | None
     non_latin: bool
@@ -80,6 +94,9 @@ class Local(msgspec.Struct, frozen=True, kw_only=True):
     switch_s: dict[str, float] = {}
     """Model id -> seconds to load it first, for models not resident."""
     npu_temp_c: float | None = None
+    detectors: list[str] = []
+    """Object detectors running (the default one first): they describe images to a local
+    model without vision."""
 
 
 class Cloud(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +104,8 @@ class Cloud(msgspec.Struct, frozen=True, kw_only=True):
     """Model id -> upstream name, in configuration order (the first is the default)."""
     open_breakers: dict[str, float] = {}
     """Upstream name -> seconds until its breaker lets a probe through."""
+    vision: list[str] = []
+    """Model ids that take images, in configuration order."""
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +118,8 @@ class Choice(msgspec.Struct, frozen=True, kw_only=True):
     target: Target
     model: str
     upstream: str | None = None
+    detector: str | None = None
+    """Local only: the detector whose findings stand in for the images."""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +128,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     upstream: str | None
     reasons: list[str]
     fallback: Choice | None = None
+    detector: str | None = None
+    """Local only: run this detector on each image and give the model its findings as text."""
 
 
 def text_of(message: p.Message) -> str:
@@ -149,19 +172,23 @@ def prompt_tokens_estimate(request: p.ChatCompletionRequest) -> int:
     return _estimate([text_of(m) for m in request.messages])
 
 
+def _has_image(m: p.Message) -> bool:
+    return (
+        isinstance(m, p.UserMessage)
+        and not isinstance(m.content, str)
+        and any(isinstance(part, p.ImagePart) for part in m.content)
+    )
+
+
 def features_of(request: p.ChatCompletionRequest) -> Features:
     texts = [text_of(m) for m in request.messages]
     text = "\n".join(texts)
     user_text = _scan_window(
         [text_of(m) for m in request.messages if isinstance(m, p.UserMessage)]
     ).lower()
-    images = any(
-        isinstance(m, p.UserMessage)
-        and not isinstance(m.content, str)
-        and any(isinstance(part, p.ImagePart) for part in m.content)
-        for m in request.messages
-    )
+    images = any(_has_image(m) for m in request.messages)
     schema = request.response_format or {}
+    asked = _scan_window([text_of(m) for m in request.messages if _has_image(m)]).lower()
     return Features(
         prompt_tokens=_estimate(texts),
         turns=sum(1 for m in request.messages if isinstance(m, p.UserMessage)),
@@ -176,6 +203,8 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
         ),
         json_schema=schema.get("type") in ("json_schema", "json_object"),
         images=images,
+        images_need_more=images
+        and (not _DETECTION_QUESTION.search(asked) or bool(_BEYOND_DETECTION.search(asked))),
         logprobs=bool(request.logprobs or request.top_logprobs),
         max_tokens=request.max_completion_tokens or request.max_tokens,
         non_latin=_mostly_non_latin(text),
@@ -208,11 +237,19 @@ def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
     return score, named
 
 
-def _local_cannot(f: Features, card: ModelCard) -> tuple[str, str] | None:
-    """(what, the request field) that `card`'s model cannot serve, or None."""
+def _detector(f: Features, card: ModelCard | None, s: Local) -> str | None:
+    """The detector that describes the images to `card`'s model, if it needs one and one runs."""
+    if f.images and card is not None and not card.capabilities.vision and s.detectors:
+        return s.detectors[0]
+    return None
+
+
+def _local_cannot(f: Features, card: ModelCard, detector: str | None) -> tuple[str, str] | None:
+    """(what, the request field) that `card`'s model cannot serve (images: not even through
+    `detector`), or None."""
     can = card.capabilities
     for asked, able, what, param in (
-        (f.images, can.vision, "images", "messages"),
+        (f.images, can.vision or detector is not None, "images", "messages"),
         (f.tools, can.tools, "tools", "tools"),
         (f.json_schema, can.json_output, "structured output", "response_format"),
         (f.logprobs, can.logprobs, "logprobs", "logprobs"),
@@ -222,12 +259,14 @@ def _local_cannot(f: Features, card: ModelCard) -> tuple[str, str] | None:
     return None
 
 
-def _local_limits(f: Features, card: ModelCard, cfg: PolicySettings) -> str | None:
+def _local_limits(
+    f: Features, card: ModelCard, detector: str | None, cfg: PolicySettings
+) -> str | None:
     """Why a local model should not take this request, or None.
 
     The window check uses the token estimate: the worker checks exact counts itself.
     """
-    if cannot := _local_cannot(f, card):
+    if cannot := _local_cannot(f, card, detector):
         return f"{cannot[0]} need a model that supports them"
     window = card.context_length
     wanted = f.prompt_tokens + (f.max_tokens or 0)
@@ -269,6 +308,15 @@ def _default_local(s: State) -> str | None:
     return next(iter(s.local.models), None)
 
 
+def _auto_cloud(f: Features, s: State) -> tuple[Choice | None, str | None]:
+    """The cloud choice of `auto` (a vision model for images), or why there is none."""
+    if not f.images:
+        return _cloud_choice(next(iter(s.cloud.models), ""), s)
+    if not s.cloud.vision and s.cloud.models and not s.local_only:
+        return None, "no cloud model takes images"
+    return _cloud_choice(next(iter(s.cloud.vision), ""), s)
+
+
 def _default_cloud(s: State) -> str:
     return next(iter(s.cloud.models), "")
 
@@ -288,7 +336,8 @@ def decide(model: str, f: Features, s: State, cfg: PolicySettings) -> Decision:
 def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings) -> Decision:
     if model is None:
         raise unavailable("No local model is running; try again shortly.")
-    if cannot := _local_cannot(f, s.local.models[model]):
+    detector = _detector(f, s.local.models[model], s.local)
+    if cannot := _local_cannot(f, s.local.models[model], detector):
         what, param = cannot
         raise InvalidRequest(
             f"Model `{model}` does not support {what}.", param=param, code="unsupported"
@@ -296,7 +345,12 @@ def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings)
     pressure, refused = _local_pressure(s.local, cfg, model)
     if refused:
         raise unavailable(f"Model `{model}` cannot run now: {pressure}.")
-    return Decision(target="local", model=model, upstream=None, reasons=["model pinned to local"])
+    reasons = ["model pinned to local", *_described(detector)]
+    return Decision(target="local", model=model, upstream=None, reasons=reasons, detector=detector)
+
+
+def _described(detector: str | None) -> list[str]:
+    return [f"images described by object detection ({detector})"] if detector else []
 
 
 def _pinned_cloud(model: str, s: State) -> Decision:
@@ -313,27 +367,36 @@ def _pinned_cloud(model: str, s: State) -> Decision:
 
 def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     local_model = _default_local(s)
-    cloud, no_cloud = _cloud_choice(_default_cloud(s), s)
-    limit = _local_limits(f, s.local.models[local_model], cfg) if local_model else None
+    card = s.local.models[local_model] if local_model else None
+    detector = _detector(f, card, s.local)
+    cloud, no_cloud = _auto_cloud(f, s)
+    limit = _local_limits(f, card, detector, cfg) if card else None
     pressure, refused = _local_pressure(s.local, cfg, local_model or "")
     score, named = complexity(f, cfg)
     hard = score >= cfg.hard_score
 
     local = None
     if local_model and not limit and not refused:
-        local = Choice(target="local", model=local_model)
-
+        local = Choice(target="local", model=local_model, detector=detector)
+    more = "the image question needs more than object detection"
     wants_cloud = [
-        r for r in (limit, pressure, f"hard prompt ({', '.join(named)})" if hard else None) if r
+        r
+        for r in (
+            limit,
+            pressure,
+            f"hard prompt ({', '.join(named)})" if hard else None,
+            more if detector and f.images_need_more else None,
+        )
+        if r
     ]
     if wants_cloud and cloud:
         return _decision(cloud, wants_cloud, fallback=local)
     if local:
         reasons = [*wants_cloud, f"but {no_cloud}"] if wants_cloud else ["simple prompt"]
-        return _decision(local, reasons, fallback=cloud)
+        return _decision(local, [*reasons, *_described(detector)], fallback=cloud)
     # neither side can take it now
     why = "; ".join(r for r in (limit or pressure, no_cloud) if r)
-    if limit and (s.local_only or not s.cloud.models):
+    if limit and (s.local_only or not s.cloud.models or (f.images and not s.cloud.vision)):
         raise InvalidRequest(f"No model can serve this request: {why}.", code="unsupported")
     wait = min(s.cloud.open_breakers.values(), default=0.0)
     raise unavailable(f"No model can serve this request now: {why}.", retry_after=wait)
@@ -346,4 +409,5 @@ def _decision(choice: Choice, reasons: list[str], fallback: Choice | None) -> De
         upstream=choice.upstream,
         reasons=reasons,
         fallback=fallback,
+        detector=choice.detector,
     )

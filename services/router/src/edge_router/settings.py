@@ -13,6 +13,9 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True):
     """API root including the version, e.g. https://api.openai.com/v1."""
     models: list[str]
     """Model ids served there; the first one is what `cloud` and `auto` use."""
+    vision_models: list[str] = msgspec.field(default_factory=list)
+    """Model ids there that take images (served by name too): `auto` sends image questions
+    that need more than object detection to the first of them."""
     api_key_env: str = ""
     """Environment variable holding the API key."""
     api_key_file: str = ""
@@ -82,7 +85,14 @@ class InputLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_image_mb: float = 5.0
     """Largest inline (data: URL) image; keep it below max_body_mb (base64 adds a third)."""
     max_image_pixels: int = 4096 * 4096
-    """Most pixels (width x height) of an inline image."""
+    """Most pixels (width x height) of an image."""
+    max_images: int = 16
+    """Most images in one chat request."""
+    image_url_hosts: list[str] = msgspec.field(default_factory=list)
+    """Hosts (`name` or `name:port`) whose http(s) image URLs the router itself fetches (for
+    detection); empty: images must be inline data URLs (a cloud model gets URLs as sent)."""
+    image_fetch_timeout_s: float = 5.0
+    """Longest fetch of one image URL, connection and body included."""
 
 
 class RouterSettings(ServiceSettings, frozen=True, kw_only=True):

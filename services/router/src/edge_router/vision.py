@@ -1,9 +1,10 @@
 """`POST /v1/vision/detect`: objects in an image, by the vision workers over NATS.
 
-The JSON body carries the image as a data URL or plain base64; the answer lists labelled
-boxes in the image's own pixels. Image
-checks beyond the size limit (format, pixels, bombs) are the worker's: its refusals come
-back as 400s naming `image`.
+The image comes as a JSON field (a data URL, plain base64, or a URL on an allowed host, see
+edge_router.images) or as a multipart upload (field `image`, options as form fields); the
+answer lists labelled boxes in the image's own pixels. The router checks size, format and
+pixels from the header; the worker checks again as it decodes, and its refusals come back
+as 400s naming `image`.
 """
 
 import contextlib
@@ -13,11 +14,11 @@ from typing import Annotated, Any
 import msgspec
 from edge_common.protocol import vision as proto
 from litestar import Request, Response, post
+from litestar.datastructures import UploadFile
 from msgspec import Meta
 from nats.aio.client import Client
 
 from edge_router.bus_client import BusClient
-from edge_router.checks import image_bytes
 from edge_router.errors import (
     ERROR_RESPONSES,
     ApiError,
@@ -27,21 +28,27 @@ from edge_router.errors import (
     invalid_json,
     model_not_found,
 )
+from edge_router.images import ImageSource
 from edge_router.request_id import request_id_of
-from edge_router.settings import RouterSettings
 
 DISCOVERY_WINDOW_S = 0.25
 
 
-class DetectBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    image: Annotated[str, Meta(min_length=1)]
-    """The image as a data URL (`data:image/png;base64,...`) or plain base64."""
+class DetectFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A multipart upload's form fields beside the `image` file."""
+
     model: str = proto.DEFAULT_MODEL
     score_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     iou_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.45
     classes: Annotated[list[str], Meta(max_length=1000)] | None = None
     """Keep only these labels."""
     max_detections: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class DetectBody(DetectFields, kw_only=True, forbid_unknown_fields=True):
+    image: Annotated[str, Meta(min_length=1)]
+    """The image as a data URL (`data:image/png;base64,...`), plain base64, or an http(s)
+    URL on a host the gateway allows (image_url_hosts)."""
 
 
 class ServiceStats(msgspec.Struct):
@@ -105,23 +112,50 @@ class VisionClient:
         return served
 
 
-async def _body(request: Request[Any, Any, Any], max_mb: float) -> tuple[DetectBody, bytes]:
-    """The JSON body decoded strictly (as chat bodies are), and its image's bytes."""
+async def _body(request: Request[Any, Any, Any], images: ImageSource) -> tuple[DetectFields, bytes]:
+    """The options and the image's checked bytes, from a JSON body (decoded strictly, as
+    chat bodies are) or a multipart upload."""
+    if request.content_type[0] == "multipart/form-data":
+        return await _upload(request, images)
     try:
         body = msgspec.json.decode(await request.body(), type=DetectBody)
     except msgspec.ValidationError as exc:
         raise invalid_body(exc) from None
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise invalid_json(msgspec.DecodeError(str(exc))) from None
-    return body, image_bytes(body.image, max_mb, "image", plain_base64=True)
+    return body, await images.load(body.image, "image", plain_base64=True)
+
+
+async def _upload(
+    request: Request[Any, Any, Any], images: ImageSource
+) -> tuple[DetectFields, bytes]:
+    form = await request.form()
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest(
+            "Upload the image as a file in the form field `image`.",
+            param="image",
+            code="missing_image",
+        )
+    fields: dict[str, Any] = {k: v for k, v in form.items() if k != "image"}
+    if "classes" in fields:  # repeated fields, or one comma-separated list
+        fields["classes"] = [c.strip() for v in form.getall("classes") for c in str(v).split(",")]
+    try:
+        options = msgspec.convert(fields, DetectFields, strict=False)
+    except msgspec.ValidationError as exc:
+        raise invalid_body(exc) from None
+    return options, images.checked(await upload.read(), "image")
 
 
 @post("/v1/vision/detect", status_code=200, responses=ERROR_RESPONSES)
 async def detect(
-    vision: VisionClient, settings: RouterSettings, request: Request[Any, Any, Any]
+    vision: VisionClient,
+    images: ImageSource,
+    request: Request[Any, Any, Any],
 ) -> Response[Any]:
-    """Labelled boxes of the objects in an image (JSON with a base64 image)."""
-    body, image = await _body(request, settings.limits.max_image_mb)
+    """Labelled boxes of the objects in an image (JSON with the image inline or as an
+    allowed URL, or a multipart upload)."""
+    body, image = await _body(request, images)
     options = proto.DetectOptions(
         score_threshold=body.score_threshold,
         iou_threshold=body.iou_threshold,
