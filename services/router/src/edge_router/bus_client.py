@@ -1,7 +1,8 @@
 """The router's side of a worker protocol (edge_common.wire), for any worker service.
 
 `BusClient.stream` listens on a fresh inbox, asks a subject (a queue group of the workers
-serving it: one takes it), and yields the worker's events. If the consumer stops early
+serving it: one takes it), and yields the worker's events; `BusClient.call` is for requests
+answered in the reply itself (an embedding, a search). If the consumer stops early
 (client gone, error), the worker is told to cancel on `<service>.cancel.<request_id>`.
 Transport failures become ApiErrors here and nowhere else. A service's client (llm_client)
 names its subjects, its event decoder and its refusals; everything else is here.
@@ -19,6 +20,7 @@ import msgspec
 import structlog
 from edge_common import wire
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import (
     BadSubscriptionError,
@@ -43,11 +45,15 @@ class Numbered(Protocol):
     def n(self) -> int: ...
 
 
-class Submission(Protocol):
-    """A request message (a wire Struct) that can be streamed: see llm_wire.ChatRequest."""
+class Identified(Protocol):
+    """A request message (a wire Struct)."""
 
     @property
     def request_id(self) -> str: ...
+
+
+class Submission(Identified, Protocol):
+    """A request message that can be streamed: see llm_wire.ChatRequest."""
 
     @property
     def stream_to(self) -> str:
@@ -56,6 +62,7 @@ class Submission(Protocol):
 
 
 E = TypeVar("E", bound=Numbered)
+T = TypeVar("T")
 
 
 class BusClient(Generic[E]):
@@ -106,38 +113,57 @@ class BusClient(Generic[E]):
         self._streams.add(sub)
         request = msgspec.structs.replace(request, stream_to=sub.subject)
         try:
+            reply = await self._ask(subject, request, serving, self._accept_timeout)
+        except ApiError:
+            await self._drop(sub)
+            raise
+        # a worker that answers otherwise is not one of ours
+        accepted = wire.decode_accepted(reply.data)
+        return self._events(request.request_id, sub, accepted.instance, self._liveness.disconnects)
+
+    async def call(
+        self,
+        subject: str,
+        request: Identified,
+        decode: Callable[[bytes], T],
+        *,
+        serving: str,
+        within_s: float,
+    ) -> T:
+        """Ask `subject` and return the decoded reply; raise ApiError if it is refused or
+        not answered within `within_s` (then the worker is told to cancel)."""
+        if not self._nc.is_connected:
+            raise unavailable(BUS_DOWN)
+        return decode((await self._ask(subject, request, serving, within_s)).data)
+
+    async def _ask(self, subject: str, request: Submission, serving: str, within_s: float) -> Msg:
+        """The worker's reply to `request`; transport failures and refusals as ApiErrors."""
+        try:
             reply = await self._nc.request(
                 subject,
                 wire.encode(request),
-                timeout=self._accept_timeout,
+                timeout=within_s,
                 headers={wire.REQUEST_ID_HEADER: request.request_id},
             )
         except NoRespondersError:
-            await self._drop(sub)
             raise unavailable(
                 f"No {self._service} service serving `{serving}` is running; try again shortly."
             ) from None
         except MaxPayloadError:
-            await self._drop(sub)
             raise self._too_large() from None
         except GONE:
-            await self._drop(sub)
             raise unavailable(BUS_DOWN) from None
         except NatsTimeout:
-            await self._drop(sub)
             # the request may still be queued on a worker that is slow to answer
             await self._cancel(request.request_id)
             raise unavailable(f"The {self._service} service did not answer in time.") from None
         if reply.headers and ERROR_CODE_HEADER in reply.headers:
-            await self._drop(sub)
             raise from_wire(
                 reply.headers[ERROR_CODE_HEADER],
                 reply.headers.get(ERROR_HEADER, ""),
                 request.request_id,
             )
-        # a worker that answers otherwise is not one of ours
-        accepted = wire.decode_accepted(reply.data)
-        return self._events(request.request_id, sub, accepted.instance, self._liveness.disconnects)
+        return reply
 
     async def _events(
         self, request_id: str, sub: Subscription, instance: str, disconnects: int
