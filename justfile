@@ -50,3 +50,11 @@ bench-faults *args:
 # images/s and p50 latency: router vs edge_vision.Detector in-process vs bare onnxruntime
 bench-vision *args:
     python bench/vision.py {{args}}
+
+# cut, INT8-calibrate and convert the detectors to .rknn for rk3576 (tools/rknn's own environment)
+vision-rknn *args:
+    uv run --project tools/rknn python tools/rknn/convert.py {{args}}
+
+# rknn-toolkit2 simulator vs onnxruntime on the converted detectors; writes docs/rknn.md
+bench-rknn *args:
+    uv run --project tools/rknn python bench/rknn.py {{args}}

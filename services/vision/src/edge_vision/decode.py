@@ -5,11 +5,13 @@ back to the original image happen after, the same for every family (edge_vision.
 """
 
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 
-DecoderKind = Literal["ssd", "yolo", "yolo_split"]
+DecoderKind = Literal["ssd", "ssd_raw", "yolo", "yolo_split"]
 
 DFL_BINS = 16
 """Bins per box side in YOLOv8's distribution focal loss head (ultralytics' reg_max)."""
@@ -38,6 +40,39 @@ def decode_ssd(outputs: Sequence[np.ndarray], input_size: tuple[int, int]) -> Ca
         xyxy.astype(np.float32),
         scores.reshape(-1)[:n].astype(np.float32),
         np.rint(classes.reshape(-1)[:n]).astype(np.int64),
+    )
+
+
+def decode_ssd_raw(
+    outputs: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    *,
+    anchors: np.ndarray,
+    scales: np.ndarray,
+) -> Candidates:
+    """An SSD cut before its detection post-process (what runs on an NPU): box encodings
+    `[1, N, 4]` (ty, tx, th, tw) and class logits `[1, N, 1 + classes]`, background first.
+
+    The TF Object Detection API's box coder, as the TFLite post-process applies it: with
+    `anchors` (N, 4: y-centre, x-centre, height, width, 0-1) and `scales` (4: y, x, h, w;
+    10, 10, 5, 5 for this SSD), centre = t / scale * anchor size + anchor centre and
+    size = exp(t / scale) * anchor size. A candidate's class is its best non-background one,
+    its score that logit's sigmoid (the argmax first: the sigmoid is monotonic, so one per
+    anchor instead of one per class). Boxes are clipped to 0-1, as `decode_ssd` does.
+    """
+    encodings, logits = (np.asarray(o, dtype=np.float32) for o in outputs)
+    t = encodings.reshape(-1, 4) / scales
+    centre = t[:, :2] * anchors[:, 2:] + anchors[:, :2]
+    half = np.exp(t[:, 2:]) * anchors[:, 2:] / 2
+    yxyx = np.clip(np.concatenate([centre - half, centre + half], axis=1), 0.0, 1.0)
+    width, height = input_size
+    xyxy = yxyx[:, [1, 0, 3, 2]] * np.array([width, height, width, height], dtype=np.float32)
+    classes = logits.reshape(len(t), -1)[:, 1:]
+    class_ids = classes.argmax(axis=1)
+    best = classes[np.arange(len(classes)), class_ids]
+    scores = 1.0 / (1.0 + np.exp(-best))
+    return Candidates(
+        xyxy.astype(np.float32), scores.astype(np.float32), class_ids.astype(np.int64)
     )
 
 
@@ -95,8 +130,26 @@ def decode_yolo_split(outputs: Sequence[np.ndarray], input_size: tuple[int, int]
     return Candidates(boxes, scores, class_ids.astype(np.int64))
 
 
-DECODERS: dict[DecoderKind, Callable[[Sequence[np.ndarray], tuple[int, int]], Candidates]] = {
+Decoder = Callable[[Sequence[np.ndarray], tuple[int, int]], Candidates]
+
+DECODERS: dict[DecoderKind, Decoder] = {
     "ssd": decode_ssd,
     "yolo": decode_yolo,
     "yolo_split": decode_yolo_split,
 }
+"""The decoders that need nothing but the outputs."""
+
+
+def make_decoder(kind: DecoderKind, priors: str = "") -> Decoder:
+    """The decoder for `kind`; `ssd_raw` reads its anchors and scales from `priors`, an `.npz`
+    written beside the cut model (tools/rknn/cut.py)."""
+    if kind != "ssd_raw":
+        return DECODERS[kind]
+    if not priors:
+        raise ValueError("the ssd_raw decoder needs a priors file (anchors and scales)")
+    with np.load(Path(priors)) as saved:
+        anchors = saved["anchors"].astype(np.float32)
+        scales = saved["scales"].astype(np.float32)
+    if anchors.ndim != 2 or anchors.shape[1] != 4 or scales.shape != (4,):
+        raise ValueError(f"{priors}: anchors {anchors.shape} / scales {scales.shape} malformed")
+    return partial(decode_ssd_raw, anchors=anchors, scales=scales)
