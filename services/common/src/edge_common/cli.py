@@ -57,7 +57,7 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
 
 
 def programs(args: argparse.Namespace, run_dir: Path, passwords: dict[str, str]) -> list[Program]:
-    """nats-server, the llm and vision workers and the router, each with only its own
+    """nats-server, the llm, vision and rag workers and the router, each with only its own
     secrets; what we pass (ports, the bus) wins over what we inherited."""
     nats_url = {"EDGE_NATS_URL": f"nats://127.0.0.1:{args.nats_port}"}
 
@@ -78,11 +78,19 @@ def programs(args: argparse.Namespace, run_dir: Path, passwords: dict[str, str])
             Program(
                 worker,
                 service_argv(worker),
-                nats_url | {f"EDGE_{worker.upper()}_PORT": str(port)} | own_password(worker),
+                nats_url
+                | {f"EDGE_{worker.upper()}_PORT": str(port)}
+                | own_password(worker)
+                | extra,
                 http_ready(f"http://127.0.0.1:{port}/health"),
                 120,
             )
-            for worker, port in (("llm", args.llm_port), ("vision", args.vision_port))
+            for worker, port, extra in (
+                ("llm", args.llm_port, {}),
+                ("vision", args.vision_port, {}),
+                # rag keeps its registry and embedded store in the run directory
+                ("rag", args.rag_port, {"EDGE_RAG_DATA_DIR": str(run_dir / "rag")}),
+            )
         ),
         Program(
             "router",
@@ -123,11 +131,11 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
     try:
-        nats, llm, vision, router = programs(args, run_dir, passwords)
+        nats, llm, vision, rag, router = programs(args, run_dir, passwords)
         if supervisor.start(nats).state != "running":  # the rest is no use without it
             print("edge-ai: nats-server did not start; see its output above", file=sys.stderr)
             return 1
-        for worker in (llm, vision):  # ready or not: a failing worker is retried meanwhile
+        for worker in (llm, vision, rag):  # ready or not: a failing worker is retried meanwhile
             supervisor.start(worker)
         if supervisor.start(router).state != "running":
             print("edge-ai: the router did not start; retrying (see above)", file=sys.stderr)
@@ -165,6 +173,7 @@ def main() -> None:
     p_up.add_argument("--port", type=int, default=env.get("EDGE_ROUTER_PORT", "8000"))
     p_up.add_argument("--llm-port", type=int, default=env.get("EDGE_LLM_PORT", "8101"))
     p_up.add_argument("--vision-port", type=int, default=env.get("EDGE_VISION_PORT", "8102"))
+    p_up.add_argument("--rag-port", type=int, default=env.get("EDGE_RAG_PORT", "8103"))
     p_up.add_argument("--nats-port", type=int, default=4222)
     p_up.add_argument("--run-dir", default=".run")
     p_up.set_defaults(func=up)

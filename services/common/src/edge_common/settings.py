@@ -58,6 +58,13 @@ class WorkerSettings(ServiceSettings, frozen=True, kw_only=True):
     abort_grace_s: float = 5.0
     """A backend that does not return this long after a stall abort is wedged: the worker
     exits (code 70, `<service>.watchdog_exit`) for its supervisor to restart it."""
+    board_memory_mb: int = 0
+    """Memory the board's workers may hold between them (EDGE_BOARD_MEMORY_MB, the board's:
+    set it for every worker); 0 = MemAvailable less `memory_reserve_mb`."""
+    memory_budget_mb: int = 0
+    """Cap on what this worker's loaded models take; 0 = only the board's budget."""
+    memory_reserve_mb: int = 512
+    """Memory left to everything else when the budget is taken from MemAvailable."""
 
 
 class SettingsError(ValueError):

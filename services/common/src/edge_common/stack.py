@@ -144,7 +144,7 @@ def spawn(
 
 
 NATS_CONF = Path(__file__).with_name("nats.conf")
-NATS_USERS = ("router", "llm", "vision", "ops")
+NATS_USERS = ("router", "llm", "vision", "rag", "ops")
 """The users of nats.conf: one per service, and `ops` for operators."""
 
 

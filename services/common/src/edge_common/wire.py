@@ -23,6 +23,7 @@ ErrorCode = Literal[
     "unavailable",
     "invalid_image",
     "image_too_large",
+    "not_found",
 ]
 
 

@@ -9,6 +9,7 @@ import structlog
 from edge_common import bus, wire
 from edge_common.metrics import metrics
 from edge_common.protocol import llm as llm_wire
+from edge_common.residency import board_residency
 from edge_common.worker import npu_lease
 from litestar import Litestar, get
 from litestar.datastructures import State
@@ -16,7 +17,6 @@ from prometheus_client import REGISTRY
 
 from edge_llm.backends import create_backend
 from edge_llm.metrics import LiveState
-from edge_llm.residency import Residency
 from edge_llm.server import LlmServer
 from edge_llm.settings import LlmSettings, resolve_models
 
@@ -43,18 +43,15 @@ def create_app(settings: LlmSettings) -> Litestar:
             models = resolve_models(settings)
             backends = {spec.id: create_backend(spec) for spec in models}
             log.info("llm.models", models={s.id: type(s).__struct_config__.tag for s in models})
-            residency = Residency(
-                backends,
-                pinned=settings.pinned or models[0].id,
-                cap_mb=settings.memory_budget_mb,
-                reserve_mb=settings.memory_reserve_mb,
-            )
-            await residency.ensure(residency.pinned)
             nc = await stack.enter_async_context(
                 bus.connect(settings.nats_url, llm_wire.SERVICE, settings.nats_password)
             )
             lease = await npu_lease(nc, settings, llm_wire.SERVICE)
             stack.push_async_callback(lease.stop)
+            residency = await board_residency(
+                stack, nc, settings, llm_wire.SERVICE, backends, settings.pinned or models[0].id
+            )
+            await residency.ensure(residency.pinned)  # within the board's budget
             server = LlmServer(
                 nc,
                 residency,

@@ -12,13 +12,14 @@ import structlog
 from edge_common import wire
 from edge_common.npu_lease import NpuLease
 from edge_common.protocol import llm as llm_wire
+from edge_common.residency import CannotFit, Residency
 from edge_common.worker import Outcome, Worker
 from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 
 from edge_llm import metrics
+from edge_llm.backends import Backend
 from edge_llm.generation import Generation
-from edge_llm.residency import CannotFit, Residency
 
 log = structlog.get_logger(__name__)
 
@@ -37,13 +38,14 @@ class LlmServer:
     def __init__(
         self,
         nc: Client,
-        residency: Residency,
+        residency: Residency[Backend],
         lease: NpuLease,
         *,
         stall_s: float,
         abort_grace_s: float,
     ) -> None:
         self.residency = residency
+        residency.in_use = self._in_use
         self._ended = {"completed": 0, "cancelled": 0, "failed": 0}
         self._ended_tokens = 0
         self.worker = Worker(
@@ -68,7 +70,7 @@ class LlmServer:
 
     async def on_chat(self, req: Request) -> None:
         request = self.worker.take(req, llm_wire.decode_request, "chat")
-        backend = self.residency.backends.get(request.model)
+        backend = self.residency.models.get(request.model)
         if backend is None:
             raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
         try:
@@ -117,6 +119,11 @@ class LlmServer:
                 completion_tokens=generation.completion_tokens,
                 seconds=round(time.monotonic() - generation.started_at, 3),
             )
+
+    def _in_use(self) -> list[str]:
+        """The running generation's model: never unloaded for another worker."""
+        current = self.worker.current
+        return [current.model] if current else []
 
     async def unload_idle(self, keep_alive_s: float) -> None:
         async with self.worker.turn:  # never under a running generation

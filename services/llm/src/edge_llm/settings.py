@@ -23,10 +23,6 @@ class LlmSettings(WorkerSettings, frozen=True, kw_only=True):
     and chat_template.jinja."""
     pinned: str = ""
     """Model kept loaded at all times; empty = the first of `models`."""
-    memory_budget_mb: int = 0
-    """Cap on the memory of loaded models; 0 = what MemAvailable allows."""
-    memory_reserve_mb: int = 512
-    """Memory left to everything else when loading by MemAvailable."""
     keep_alive_s: float = 0.0
     """Unload an unpinned model unused this long; 0 = keep until evicted."""
     stall_s: float = 30.0

@@ -79,6 +79,7 @@ class BusClient(Generic[E]):
         too_large: Callable[[], ApiError],
         accept_timeout: float,
         idle_timeout: float,
+        invalid_param: str | None = None,
     ) -> None:
         self._nc = nc
         self._service = service
@@ -87,6 +88,8 @@ class BusClient(Generic[E]):
         self._too_large = too_large
         """The error when a request exceeds the bus's payload limit."""
         self._accept_timeout = accept_timeout
+        self._invalid_param = invalid_param
+        """The request field a worker's invalid_request refusal is about (None: unknown)."""
         self._liveness = Liveness(nc, service, idle_timeout=idle_timeout)
         self._streams: set[Subscription] = set()
 
@@ -162,6 +165,7 @@ class BusClient(Generic[E]):
                 reply.headers[ERROR_CODE_HEADER],
                 reply.headers.get(ERROR_HEADER, ""),
                 request.request_id,
+                self._invalid_param,
             )
         return reply
 
@@ -179,7 +183,7 @@ class BusClient(Generic[E]):
                     continue
                 if isinstance(event, wire.Failed):
                     finished = True
-                    raise from_wire(event.code, event.message, request_id)
+                    raise from_wire(event.code, event.message, request_id, self._invalid_param)
                 if event.n and event.n != expected:  # see llm_wire.Delta.n
                     log.warning("router.events_lost", expected=expected, got=event.n)
                     raise unavailable(EVENTS_LOST)

@@ -8,7 +8,7 @@ shape too, without leaking internals on a 500.
 
 import math
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import structlog
@@ -19,6 +19,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class ErrorDetail(msgspec.Struct):
@@ -120,11 +121,14 @@ class UpstreamAnswer(ApiError):
 RETRY_AFTER_S = 2
 
 
-def from_wire(code: str, message: str, request_id: str) -> ApiError:
-    """The API error for a worker's error code (edge_common.wire.ErrorCode)."""
+def from_wire(code: str, message: str, request_id: str, param: str | None = "messages") -> ApiError:
+    """The API error for a worker's error code (edge_common.wire.ErrorCode); `param` names
+    the request field an invalid_request is about."""
     match code:
         case "invalid_request" | "context_length_exceeded":
-            return InvalidRequest(message, param="messages", code=code)
+            return InvalidRequest(message, param=param, code=code)
+        case "not_found":
+            return NotFound(message, code=code)
         case "model_not_found":
             return NotFound(message, param="model", code=code)
         case "invalid_image" | "image_too_large":
@@ -209,6 +213,21 @@ def _field_nesting_deeper(body: bytes, depth: int) -> str | None:
         else:
             last = token
     return None
+
+
+def decoded(body: bytes, into: type[T]) -> T:
+    """A JSON body decoded strictly into `into` (as OpenAI does: "5" is no integer), every
+    failure as a 400 naming the field where it can."""
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise invalid_body(exc) from None
+    except msgspec.DecodeError as exc:
+        raise invalid_json(exc) from None
+    except UnicodeDecodeError as exc:  # msgspec lets the codec's error through
+        raise invalid_json(msgspec.DecodeError(f"JSON must be UTF-8: {exc}")) from None
+    except RecursionError:  # msgspec decodes as deep as the interpreter's recursion limit
+        raise too_deep(body) from None
 
 
 def too_deep(body: bytes) -> InvalidRequest:

@@ -56,6 +56,7 @@ class LlmClient:
             too_large=_too_long,
             accept_timeout=accept_timeout,
             idle_timeout=idle_timeout,
+            invalid_param="messages",
         )
 
     async def aclose(self) -> None:

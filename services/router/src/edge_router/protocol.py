@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from edge_common.protocol.llm import MAX_STOP_CHARS, MAX_STOPS
+from edge_common.protocol.rag import CollectionName, FilterValue, SearchMode
 from edge_common.wire import INT64
 from msgspec import Meta
 
@@ -74,6 +75,16 @@ class StreamOptions(Struct, kw_only=True):
 StopString = Annotated[str, Meta(max_length=MAX_STOP_CHARS)]
 
 
+class Grounding(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Extension `rag`: answer from a collection's best chunks, with `citations`."""
+
+    collection: CollectionName
+    top_k: Annotated[int, Meta(ge=1, le=20)] = 4
+    filter: dict[str, FilterValue] = msgspec.field(default_factory=dict)
+    mode: SearchMode = "dense"
+    score_threshold: float | None = None
+
+
 class ChatCompletionRequest(Struct, kw_only=True):
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
@@ -98,6 +109,9 @@ class ChatCompletionRequest(Struct, kw_only=True):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    rag: Grounding | None = None
+    """Extension (the openai SDK sends it with `extra_body`): ground the answer in a RAG
+    collection (edge_router.grounding); never sent to a cloud model as a field."""
 
 
 # --- response --------------------------------------------------------------------------

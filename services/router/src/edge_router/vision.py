@@ -24,8 +24,8 @@ from edge_router.errors import (
     ApiError,
     InvalidRequest,
     Unavailable,
+    decoded,
     invalid_body,
-    invalid_json,
     model_not_found,
 )
 from edge_router.images import ImageSource
@@ -82,6 +82,7 @@ class VisionClient:
             too_large=_too_large,
             accept_timeout=accept_timeout,
             idle_timeout=idle_timeout,
+            invalid_param="image",
         )
 
     async def aclose(self) -> None:
@@ -117,12 +118,7 @@ async def _body(request: Request[Any, Any, Any], images: ImageSource) -> tuple[D
     chat bodies are) or a multipart upload."""
     if request.content_type[0] == "multipart/form-data":
         return await _upload(request, images)
-    try:
-        body = msgspec.json.decode(await request.body(), type=DetectBody)
-    except msgspec.ValidationError as exc:
-        raise invalid_body(exc) from None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise invalid_json(msgspec.DecodeError(str(exc))) from None
+    body = decoded(await request.body(), DetectBody)
     return body, await images.load(body.image, "image", plain_base64=True)
 
 

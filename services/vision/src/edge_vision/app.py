@@ -1,4 +1,5 @@
-"""The vision worker process: detectors loaded once, the NATS service, /health over HTTP."""
+"""The vision worker process: the pinned detector loaded within the board's memory budget
+(others on demand), the NATS service, /health over HTTP."""
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -7,13 +8,13 @@ from typing import Any
 from edge_common import bus
 from edge_common.metrics import metrics
 from edge_common.protocol import vision as proto
+from edge_common.residency import board_residency
 from edge_common.worker import npu_lease
 from litestar import Litestar, get
 from litestar.datastructures import State
 
-from edge_vision.backends import create_backend
 from edge_vision.catalog import default_model
-from edge_vision.detector import Detector
+from edge_vision.detector import ResidentDetector
 from edge_vision.preprocess import ImageLimits
 from edge_vision.server import VisionServer
 from edge_vision.settings import VisionSettings
@@ -26,10 +27,11 @@ def health(state: State) -> dict[str, Any]:
     server: VisionServer = state.server
     return {
         "status": "ok",
-        "models": list(server.detectors),
+        "models": list(server.residency.models),
         "queued": server.worker.queued,
         "busy": server.worker.current is not None,
         "npu_lease": state.lease.status(),
+        "residency": server.residency.status(),
     }
 
 
@@ -41,20 +43,22 @@ def create_app(settings: VisionSettings) -> Litestar:
                 max_bytes=int(settings.max_image_mb * 2**20),
                 max_pixels=settings.max_image_pixels,
             )
-            detectors = {
-                spec.id: Detector(spec, create_backend(spec), limits=limits)
-                for spec in settings.models or [default_model()]
-            }
+            specs = settings.models or [default_model()]
+            detectors = {spec.id: ResidentDetector(spec, limits) for spec in specs}
             for detector in detectors.values():
-                stack.callback(detector.close)
+                stack.callback(detector.unload)
             nc = await stack.enter_async_context(
                 bus.connect(settings.nats_url, proto.SERVICE, settings.nats_password)
             )
             lease = await npu_lease(nc, settings, proto.SERVICE)
             stack.push_async_callback(lease.stop)
+            residency = await board_residency(
+                stack, nc, settings, proto.SERVICE, detectors, settings.pinned or specs[0].id
+            )
+            await residency.ensure(residency.pinned)  # within the board's budget
             server = VisionServer(
                 nc,
-                detectors,
+                residency,
                 lease,
                 stall_s=settings.stall_s,
                 abort_grace_s=settings.abort_grace_s,
@@ -69,6 +73,7 @@ def create_app(settings: VisionSettings) -> Litestar:
                     description="Object detection",
                     endpoints=endpoints,
                     metadata={"models": ",".join(detectors)},
+                    stats=server.micro_stats,
                 )
             )
             app.state.update(server=server, lease=lease)

@@ -1,5 +1,6 @@
 """`Detector`: image bytes -> detections, one model on one backend (preprocess -> infer ->
-decode -> select). Blocking; the service runs it in a worker thread."""
+decode -> select). Blocking; the service runs it in a worker thread. `ResidentDetector` is
+one the service's Residency loads and unloads (edge_common.residency)."""
 
 import time
 from pathlib import Path
@@ -7,12 +8,29 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from edge_common.protocol.vision import DetectOptions, DetectResult, Timings
+from PIL import Image
 
-from edge_vision.backends import Backend, ModelSpec
-from edge_vision.decode import DECODERS
+from edge_vision.backends import Backend, ModelSpec, create_backend
+from edge_vision.decode import make_decoder
 from edge_vision.labels import Labels, labels_from_metadata, read_labels
 from edge_vision.postprocess import select
 from edge_vision.preprocess import ImageLimits, Placement, fit, open_image
+
+
+class Opened(msgspec.Struct, frozen=True, kw_only=True):
+    """An image decoded and checked, not yet fitted to a model's input."""
+
+    image: Image.Image
+    decode_ms: float
+
+
+def open_checked(data: bytes, limits: ImageLimits) -> Opened:
+    """`data` (an encoded image) decoded, oriented, RGB.
+
+    Raises InvalidImage / ImageTooLarge for bad input: cheap to call at accept time."""
+    started = time.perf_counter()
+    image = open_image(data, limits)
+    return Opened(image=image, decode_ms=(time.perf_counter() - started) * 1000)
 
 
 class Prepared(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,15 +56,18 @@ class Detector:
         self.labels: Labels = (
             read_labels(Path(spec.labels)) if spec.labels else labels_from_metadata(metadata)
         )
-        self._decode = DECODERS[spec.decoder]
+        self._decode = make_decoder(spec.decoder, spec.priors)
 
     def prepare(self, data: bytes) -> "Prepared":
         """`data` (an encoded image) decoded and fitted to the model's input.
 
-        Raises InvalidImage / ImageTooLarge for bad input: cheap to call at accept time."""
+        Raises InvalidImage / ImageTooLarge for bad input."""
+        return self.fit(open_checked(data, self.limits))
+
+    def fit(self, opened: Opened) -> "Prepared":
+        """An opened image fitted to the model's input."""
         started = time.perf_counter()
-        image = open_image(data, self.limits)
-        spec = self.spec
+        spec, image = self.spec, opened.image
         pixels, placement = fit(
             image, self.backend.input_size, spec.resize, spec.resample, spec.pad_value
         )
@@ -54,7 +75,7 @@ class Detector:
             pixels=pixels,
             placement=placement,
             size=image.size,
-            preprocess_ms=(time.perf_counter() - started) * 1000,
+            preprocess_ms=opened.decode_ms + (time.perf_counter() - started) * 1000,
         )
 
     def run(self, prepared: "Prepared", options: DetectOptions | None = None) -> DetectResult:
@@ -85,3 +106,24 @@ class Detector:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class ResidentDetector:
+    """A detector loaded on demand: its backend is built by load() and freed by unload()."""
+
+    def __init__(self, spec: ModelSpec, limits: ImageLimits) -> None:
+        self.spec = spec
+        self.limits = limits
+        self.footprint_mb = spec.memory_mb or max(
+            1, round(Path(spec.path).stat().st_size * 1.2 / 2**20)
+        )
+        self.detector: Detector | None = None
+
+    def load(self) -> None:
+        if self.detector is None:
+            self.detector = Detector(self.spec, create_backend(self.spec), limits=self.limits)
+
+    def unload(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+            self.detector = None

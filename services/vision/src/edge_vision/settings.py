@@ -12,6 +12,9 @@ class VisionSettings(WorkerSettings, frozen=True, kw_only=True):
     models: list[ModelSpec] = msgspec.field(default_factory=list)
     """Detectors served, as a JSON list (`type` picks the backend of each: onnxruntime or
     rknnlite); empty = the bundled SSD-MobileNet-v2 COCO on the CPU."""
+    pinned: str = ""
+    """Detector kept loaded at all times; empty = the first of `models`. The others load on
+    demand within the board's memory budget (edge_common.residency)."""
     stall_s: float = 10.0
     """A detection that has not finished this long after it started is aborted (a wedged
     NPU call; a CPU detection takes tens of milliseconds)."""

@@ -89,3 +89,13 @@ decode_event = msgspec.msgpack.Decoder(Event).decode
 def detect_subject(model: str) -> str:
     """`vision.detect.<model>`, the id escaped as for llm (wire.model_token)."""
     return f"{SERVICE}.detect.{model_token(model)}"
+
+
+class VisionStats(Wire):
+    """What a vision instance adds to its micro STATS (each endpoint's `data`)."""
+
+    resident: list[str] = msgspec.field(default_factory=list)
+    """Detectors loaded now."""
+    switch_s: float = 0.0
+    """Seconds a detector switch takes (EWMA of the load with its evictions, the other
+    workers' included)."""

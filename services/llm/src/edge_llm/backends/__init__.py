@@ -2,7 +2,7 @@
 
 A backend formats and tokenizes a chat prompt (always possible) and, once its weights are
 loaded, streams the generated text one token at a time. It knows nothing of NATS, stop
-strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_llm.residency).
+strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_common.residency).
 """
 
 from collections.abc import AsyncIterator

@@ -20,8 +20,11 @@ class ModelBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     path: str
     """The model file."""
     decoder: DecoderKind
-    """Output family: `ssd` (post-processing in the graph), `yolo` (ultralytics single tensor),
+    """Output family: `ssd` (post-processing in the graph), `ssd_raw` (an SSD cut before it:
+    box encodings + class logits, with `priors`), `yolo` (ultralytics single tensor),
     `yolo_split` (rknn_model_zoo's per-scale DFL + class outputs)."""
+    priors: str = ""
+    """`ssd_raw` only: the `.npz` of anchors and box coder scales written beside the cut model."""
     resize: ResizeMode = "stretch"
     """`stretch` to the input size (SSD's training) or `letterbox` (YOLO's)."""
     resample: Resample = "bicubic"
@@ -30,6 +33,9 @@ class ModelBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Letterbox padding grey (ultralytics: 114; rknn_model_zoo's C demo: 0)."""
     labels: str = ""
     """Labels file (`<id> <name>` lines); empty = the model's metadata `names`, if any."""
+    memory_mb: Annotated[int, Meta(ge=0)] = 0
+    """Memory the loaded model takes, for the board's memory budget; 0 = 1.2 x the file's
+    size."""
 
 
 class Backend(Protocol):
