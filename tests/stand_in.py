@@ -38,8 +38,8 @@ async def stand_in(nats, model: str, events: Answer) -> AsyncIterator[None]:
 
 
 def echo(request: llm_wire.ChatRequest) -> list[llm_wire.Event]:
-    """The last message the model was given, as its answer."""
-    text = request.messages[-1].content
+    """The messages the model was given (their contents, one per line), as its answer."""
+    text = "\n".join(m.content for m in request.messages)
     return [
         llm_wire.Delta(text=text, n=1),
         llm_wire.Done(finish_reason="stop", prompt_tokens=1, completion_tokens=1, n=2),

@@ -24,8 +24,10 @@ def test_no_server_errors_and_every_answer_as_documented(
     router_with, launch, stack, tmp_path: Path
 ) -> None:
     keys_file = tmp_path / "keys.json"
-    key = make_key(keys_file, "schemathesis", "--scope", "chat", "--scope", "vision")
-    vision = launch("vision", tmp_path, stack.nats.env)  # detect is fuzzed too
+    key = make_key(keys_file, "schemathesis", "--scope", "admin")
+    # detect, embeddings and the RAG endpoints are fuzzed too
+    vision = launch("vision", tmp_path, stack.nats.env)
+    rag = launch("rag", tmp_path, {**stack.nats.env, "EDGE_RAG_DATA_DIR": str(tmp_path / "rag")})
     # small generations: the document's max_tokens bound is the router's configured one
     url = router_with(
         EDGE_ROUTER_KEYS_FILE=str(keys_file), EDGE_ROUTER_LIMITS=json.dumps({"max_tokens": 16})
@@ -39,6 +41,7 @@ def test_no_server_errors_and_every_answer_as_documented(
         run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     finally:
         vision.proc.stop()
+        rag.proc.stop()
     assert run.returncode == 0, run.stdout[-6000:]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
@@ -49,6 +52,13 @@ def test_no_server_errors_and_every_answer_as_documented(
         "GET /v1/models/{model}",
         "GET /health",
         "POST /v1/vision/detect",
+        "POST /v1/embeddings",
+        "POST /v1/rag/search",
+        "POST /v1/rag/ingest",
+        "GET /v1/rag/collections",
+        "GET /v1/rag/collections/{collection}",
+        "DELETE /v1/rag/collections/{collection}",
+        "DELETE /v1/rag/collections/{collection}/documents/{document_id}",
     }
     assert (int(suite.get("failures", -1)), int(suite.get("errors", -1))) == (0, 0)
     generated = re.search(r"(\d+) generated", run.stdout)  # the summary's count

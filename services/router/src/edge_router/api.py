@@ -16,7 +16,7 @@ from litestar.response import Stream
 from edge_router import policy
 from edge_router import protocol as p
 from edge_router.admission import Admission
-from edge_router.auth import key_of
+from edge_router.auth import has_scope, key_of
 from edge_router.caller import Caller
 from edge_router.chat import ChatService, Routed
 from edge_router.cloud import CloudClient
@@ -24,12 +24,14 @@ from edge_router.errors import (
     ERROR_RESPONSES,
     ApiError,
     ClientGone,
+    Forbidden,
     InvalidRequest,
     invalid_body,
     invalid_json,
     model_not_found,
     too_deep,
 )
+from edge_router.grounding import with_citations
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
 from edge_router.processes import supervised
@@ -112,6 +114,20 @@ async def unless_gone(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
     return task.result()
 
 
+def _cited(routed: Routed) -> bytes | AsyncIterator[bytes]:
+    """The answer with its sources in `citations`: on the completion, or on the first chunk."""
+    if isinstance(routed.body, bytes):
+        return with_citations(routed.body, routed.citations)
+
+    async def first_cited(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        cited = False
+        async for chunk in chunks:
+            yield chunk if cited else with_citations(chunk, routed.citations)
+            cited = True
+
+    return first_cited(routed.body)
+
+
 def _route_headers(routed: Routed) -> dict[str, str]:
     d = routed.decision
     return {
@@ -153,6 +169,11 @@ async def chat_completions(
     limit_headers: dict[str, str] = {}
     ticket: Ticket | None = None
     try:
+        if data.rag and (key := key_of(request)) and not has_scope(key, "rag:read"):
+            raise Forbidden(
+                "This API key lacks the `rag:read` scope for a grounded chat (`rag`).",
+                code="insufficient_scope",
+            )
         chat.validate(data)  # a request no model takes costs no rate limit
         if (key := key_of(request)) and (key.rpm or key.tpm or key.max_parallel):
             budget = data.max_completion_tokens or data.max_tokens or COMPLETION_ESTIMATE
@@ -171,12 +192,13 @@ async def chat_completions(
     seen.routed(d.target, d.model)
     log.info("router.routed", route=d.target, model=d.model, reasons=d.reasons)
     headers = _route_headers(routed) | limit_headers
-    if isinstance(routed.body, bytes):
-        seen.payload(routed.body)
+    body = _cited(routed) if routed.citations else routed.body
+    if isinstance(body, bytes):
+        seen.payload(body)
         seen.done(200)
-        return Response(routed.body, media_type="application/json", headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
     return Stream(
-        _sse(routed.body, seen),
+        _sse(body, seen),
         media_type="text/event-stream",
         headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
@@ -214,11 +236,17 @@ def _models(catalog: LocalCatalog, cloud: CloudClient) -> list[p.ModelObject]:
         p.ModelObject(id=d, created=0, owned_by="edge", route="local", task="detection")
         for d in catalog.detectors
     ]
+    embedders = [
+        p.ModelObject(
+            id=m, created=0, owned_by="edge", route="local", task="embedding", dimension=s.dimension
+        )
+        for m, s in catalog.embedders.items()
+    ]
     remote = [
         p.ModelObject(id=m, created=0, owned_by=upstream, route="cloud")
         for m, upstream in cloud.models().items()
     ]
-    return [*aliases, *local, *detectors, *remote]
+    return [*aliases, *local, *detectors, *embedders, *remote]
 
 
 @get("/v1/models", responses=ERROR_RESPONSES)

@@ -26,12 +26,23 @@ from edge_router.auth import Auth
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
 from edge_router.errors import exception_handlers
+from edge_router.grounding import Grounder
 from edge_router.image_text import ImageText
 from edge_router.images import ImageSource
 from edge_router.keys import KeyStore
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import LiveState
+from edge_router.rag import (
+    RagClient,
+    delete_collection,
+    delete_document,
+    embeddings,
+    get_collection,
+    ingest,
+    list_collections,
+    search,
+)
 from edge_router.ratelimit import RateLimits
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
@@ -49,7 +60,7 @@ EXPOSED = [  # response headers a browser app may read (CORS)
         for k in ("requests", "tokens")
     ),
 ]
-PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision", "images")
+PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision", "images", "rag")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -67,11 +78,18 @@ def create_app(settings: RouterSettings) -> Litestar:
                 nc, accept_timeout=settings.accept_timeout_s, idle_timeout=settings.idle_timeout_s
             )
             stack.push_async_callback(vision.aclose)
+            rag = RagClient(
+                nc,
+                accept_timeout=settings.accept_timeout_s,
+                idle_timeout=settings.idle_timeout_s,
+                call_timeout=settings.rag_timeout_s,
+            )
+            stack.push_async_callback(rag.aclose)
             images = ImageSource(settings.limits)
             stack.push_async_callback(images.aclose)
             cloud = CloudClient(settings.upstreams)
             stack.push_async_callback(cloud.aclose)
-            catalog = LocalCatalog(llm, settings.discovery_window_s, vision)
+            catalog = LocalCatalog(llm, settings.discovery_window_s, vision, rag)
             await catalog.refresh()
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
@@ -83,6 +101,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                 limits=RateLimits(),
                 vision=vision,
                 images=images,
+                rag=rag,
                 nc=nc,
                 cloud=cloud,
                 catalog=catalog,
@@ -97,6 +116,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                     settings.local_only,
                     settings.limits,
                     ImageText(vision, images),
+                    Grounder(rag, catalog),
                 ),
             )
             yield
@@ -113,7 +133,22 @@ def create_app(settings: RouterSettings) -> Litestar:
         else None
     )
     app = Litestar(
-        [chat_completions, explain_route, list_models, retrieve_model, health, metrics, detect],
+        [
+            chat_completions,
+            explain_route,
+            list_models,
+            retrieve_model,
+            health,
+            metrics,
+            detect,
+            embeddings,
+            search,
+            ingest,
+            list_collections,
+            get_collection,
+            delete_collection,
+            delete_document,
+        ],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         lifespan=[lifespan],

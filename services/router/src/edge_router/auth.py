@@ -16,7 +16,22 @@ SCOPE = {
     "/v1/chat/completions": "chat",
     "/v1/route/explain": "chat",
     "/v1/vision/detect": "vision",
+    "/v1/embeddings": "embeddings",
+    "/v1/rag/search": "rag:read",
+    "/v1/rag/ingest": "rag:write",
 }
+COLLECTIONS = "/v1/rag/collections"
+"""Reading them takes `rag:read`, deleting `rag:write`."""
+
+
+def scope_of(method: str, path: str) -> str | None:
+    if path == COLLECTIONS or path.startswith(COLLECTIONS + "/"):
+        return "rag:write" if method == "DELETE" else "rag:read"
+    return SCOPE.get(path)
+
+
+def has_scope(record: KeyRecord, scope: str) -> bool:
+    return scope in record.scopes or "admin" in record.scopes
 
 
 class Unauthorized(ApiError):
@@ -37,11 +52,11 @@ class Auth:
         path = request.url.path
         if path.startswith(self.open_paths):
             return
-        record = self.check(request.headers.get("authorization", ""), path)
+        record = self.check(request.headers.get("authorization", ""), request.method, path)
         request.state.key = record
         structlog.contextvars.bind_contextvars(key=record.name)
 
-    def check(self, authorization: str, path: str) -> KeyRecord:
+    def check(self, authorization: str, method: str, path: str) -> KeyRecord:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized(
@@ -53,8 +68,8 @@ class Auth:
             raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
         if record.revoked:
             raise Unauthorized("This API key has been revoked.", code="revoked_api_key")
-        scope = SCOPE.get(path)
-        if scope and scope not in record.scopes and "admin" not in record.scopes:
+        scope = scope_of(method, path)
+        if scope and not has_scope(record, scope):
             raise Forbidden(
                 f"This API key lacks the `{scope}` scope for {path}.", code="insufficient_scope"
             )

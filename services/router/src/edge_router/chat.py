@@ -23,6 +23,7 @@ from edge_router.caller import Caller, Watcher
 from edge_router.checks import check
 from edge_router.cloud import CloudClient
 from edge_router.errors import ApiError, BadGateway, Unavailable
+from edge_router.grounding import Citation, Grounder
 from edge_router.image_text import ImageText
 from edge_router.llm_client import LlmClient
 from edge_router.local_chat import LocalChat
@@ -37,6 +38,8 @@ Body = bytes | AsyncIterator[bytes]
 class Routed(msgspec.Struct, frozen=True):
     decision: policy.Decision
     body: Body
+    citations: list[Citation] = []
+    """A grounded answer's sources (edge_router.grounding)."""
 
 
 class ChatService:
@@ -53,9 +56,11 @@ class ChatService:
         local_only: bool,
         limits: InputLimits,
         image_text: ImageText,
+        grounder: Grounder,
     ) -> None:
         self._local = LocalChat(llm, catalog, admission)
         self._image_text = image_text
+        self._grounder = grounder
         self._cloud = cloud
         self._catalog = catalog
         self._admission = admission
@@ -121,12 +126,21 @@ class ChatService:
     ) -> Routed:
         """Route and run a validated request; `watcher` hears the queue wait and the token
         counts."""
+        raw = {k: v for k, v in raw.items() if k != "rag"}  # ours, never a cloud's field
+        citations: list[Citation] = []
+        if request.rag:
+            grounded = await self._grounder.ground(request, raw, request_id)
+            request, raw, citations = grounded.request, grounded.raw, grounded.citations
+            if grounded.local_only:  # a local-only key's documents never leave the board
+                caller = msgspec.structs.replace(caller, local_only=True)
         features = policy.features_of(request)
         state = await self.state(request.model, caller)
         decision = policy.decide(request.model, features, state, self._policy)
         try:
             return Routed(
-                decision, await self._run(decision, request, raw, request_id, caller, watcher)
+                decision,
+                await self._run(decision, request, raw, request_id, caller, watcher),
+                citations,
             )
         except (Unavailable, BadGateway) as exc:
             fallback = decision.fallback
@@ -146,7 +160,9 @@ class ChatService:
                 ],
             )
             return Routed(
-                decision, await self._run(decision, request, raw, request_id, caller, watcher)
+                decision,
+                await self._run(decision, request, raw, request_id, caller, watcher),
+                citations,
             )
 
     async def _run(

@@ -12,7 +12,7 @@ so that a request naming it gets 503 and Retry-After, not 404.
 """
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from edge_common.protocol.vision import DEFAULT_MODEL
@@ -21,18 +21,33 @@ from edge_common.wire import ModelCard
 from edge_router.llm_client import LlmClient
 
 if TYPE_CHECKING:
+    from edge_common.protocol.rag import RagStats
+
+    from edge_router.rag import RagClient
     from edge_router.vision import VisionClient
 
 log = structlog.get_logger(__name__)
 MISSED_ROUNDS = 2
+T = TypeVar("T")
+
+
+async def _nothing(empty: T) -> T:
+    return empty
 
 
 class LocalCatalog:
     def __init__(
-        self, llm: LlmClient, window_s: float, vision: "VisionClient | None" = None
+        self,
+        llm: LlmClient,
+        window_s: float,
+        vision: "VisionClient | None" = None,
+        rag: "RagClient | None" = None,
     ) -> None:
         self._llm = llm
         self._vision = vision
+        self._rag = rag
+        self.embedders: dict[str, RagStats] = {}
+        """The embedders the rag workers serve, with their dimension."""
         self._window_s = window_s
         self.detectors: list[str] = []
         """The detectors the vision workers serve, the default one first."""
@@ -46,14 +61,15 @@ class LocalCatalog:
         self.switch_s = 0.0
 
     async def refresh(self) -> None:
-        if self._vision is None:
-            found = await self._llm.discover(self._window_s)
-        else:  # one window for both services
-            found, detectors = await asyncio.gather(
-                self._llm.discover(self._window_s), self._vision.models(self._window_s)
-            )
-            # the default detector first: it is the one that describes images to a chat model
-            self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
+        # one discovery window for every service
+        found, detectors, embedders = await asyncio.gather(
+            self._llm.discover(self._window_s),
+            self._vision.models(self._window_s) if self._vision else _nothing(set()),
+            self._rag.embedders(self._window_s) if self._rag else _nothing({}),
+        )
+        # the default detector first: it is the one that describes images to a chat model
+        self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
+        self.embedders = embedders
         for model in self.cards.keys() - found.cards.keys():
             self._missed[model] = self._missed.get(model, 0) + 1
         for model in found.cards:

@@ -23,6 +23,14 @@ from litestar.openapi.spec import (
 )
 
 from edge_router import protocol as p
+from edge_router.rag import (
+    EmbeddingList,
+    EmbeddingsBody,
+    IngestAnswer,
+    IngestFields,
+    SearchAnswer,
+    SearchBody,
+)
 from edge_router.settings import InputLimits
 from edge_router.vision import DetectAnswer, DetectBody, DetectFields
 
@@ -35,7 +43,36 @@ SCHEMAS = (
     DetectBody,
     DetectFields,
     DetectAnswer,
+    EmbeddingsBody,
+    EmbeddingList,
+    SearchBody,
+    SearchAnswer,
+    IngestFields,
+    IngestAnswer,
 )
+BODIES = {  # path: (request body schemas by media type, 200 answer schema, its description)
+    "/v1/vision/detect": (
+        {"application/json": "DetectBody", "multipart/form-data": "DetectUpload"},
+        "DetectAnswer",
+        "The objects found, best first, boxes in the image's pixels",
+    ),
+    "/v1/embeddings": ({"application/json": "EmbeddingsBody"}, "EmbeddingList", "Embeddings"),
+    "/v1/rag/search": ({"application/json": "SearchBody"}, "SearchAnswer", "The best chunks"),
+    "/v1/rag/ingest": (
+        {"multipart/form-data": "IngestUpload"},
+        "IngestAnswer",
+        "What each file became; with `stream`, progress events first",
+    ),
+}
+TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+EMBED_INPUT = {  # msgspec cannot say it: the body takes `input` as Any and checks it itself
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        TOKENS,
+        {"type": "array", "items": TOKENS, "minItems": 1},
+    ]
+}
 
 
 def _json(name: str, media: str = "application/json") -> dict[str, OpenAPIMediaType]:
@@ -76,23 +113,30 @@ def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...])
             **components["DetectFields"]["properties"],
         },
     }
+    components["IngestUpload"] = {
+        "type": "object",
+        "required": ["file", "collection"],
+        "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            **components["IngestFields"]["properties"],
+        },
+    }
+    components["EmbeddingsBody"]["properties"]["input"] = EMBED_INPUT
     document.components.schemas.update(components)  # type: ignore[arg-type]  # dicts render as is
     paths = document.paths or {}
     for path in CHAT_PATHS:
         operation = paths[path].post
         assert operation is not None
         operation.request_body = RequestBody(content=_json("ChatCompletionRequest"), required=True)
-    detect = paths["/v1/vision/detect"].post
-    assert detect is not None
-    assert detect.responses is not None
-    detect.request_body = RequestBody(
-        content={**_json("DetectBody"), **_json("DetectUpload", "multipart/form-data")},
-        required=True,
-    )
-    detect.responses["200"] = OpenAPIResponse(
-        description="The objects found, best first, boxes in the image's pixels",
-        content=_json("DetectAnswer"),
-    )
+    for path, (bodies, answer_schema, description) in BODIES.items():
+        operation = paths[path].post
+        assert operation is not None
+        assert operation.responses is not None
+        content = {k: v for media, name in bodies.items() for k, v in _json(name, media).items()}
+        operation.request_body = RequestBody(content=content, required=True)
+        operation.responses["200"] = OpenAPIResponse(
+            description=description, content=_json(answer_schema)
+        )
     answer = paths["/v1/chat/completions"].post
     assert answer is not None
     assert answer.responses is not None

@@ -182,8 +182,11 @@ class ModelObject(Out, kw_only=True):
     owned_by: str
     route: Literal["auto", "local", "cloud"]
     """Extension: where the model runs (`auto` lets the router decide)."""
-    task: Literal["chat", "detection"] = "chat"
-    """Extension: what it serves (`detection`: POST /v1/vision/detect)."""
+    task: Literal["chat", "detection", "embedding"] = "chat"
+    """Extension: what it serves (`detection`: POST /v1/vision/detect, `embedding`:
+    POST /v1/embeddings)."""
+    dimension: int | None = None
+    """Extension: an embedding model's vector size."""
 
 
 class ModelList(Out, kw_only=True):

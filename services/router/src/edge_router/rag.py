@@ -23,6 +23,7 @@ from litestar.response import Stream
 from msgspec import Meta
 from nats.aio.client import Client
 
+from edge_router.auth import key_of
 from edge_router.bus_client import BusClient
 from edge_router.errors import (
     ERROR_RESPONSES,
@@ -377,6 +378,8 @@ async def ingest(rag: RagClient, request: Request[Any, Any, Any]) -> Response[An
     html, pdf) and a `collection` field; unchanged files are skipped, changed ones replaced.
     With `stream=true` (or Accept: text/event-stream), progress as server-sent events."""
     wire_request, streamed = await _ingest_form(request)
+    if (key := key_of(request)) and key.local_only:  # its documents never leave the board
+        wire_request.metadata[LOCAL_ONLY_KEY] = "true"
     events = await rag.ingest(wire_request)
     if streamed or "text/event-stream" in request.headers.get("accept", ""):
         return Stream(

@@ -105,6 +105,9 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     idle_timeout_s: float = 10.0
     """Longest silence from the worker holding a request before it is given up as dead
     (a live worker sends a token or a keepalive every second, even while queued or loading)."""
+    rag_timeout_s: float = 60.0
+    """Longest wait for a rag worker's answer to an embedding, search or listing (its
+    ingests stream progress instead, under idle_timeout_s)."""
     discovery_window_s: float = 0.25
     """How long a discovery round gathers replies from running services."""
     discovery_interval_s: float = 2.0
