@@ -300,3 +300,42 @@ async def test_a_local_only_keys_documents_never_go_to_the_cloud(gateway, cloud)
         )
     assert "Alice earns 9000" in local.choices[0].message.content  # the echoing local model
     assert len(cloud.received) == before
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "param", "code"),
+    [
+        ([("note", ("a.txt", b"x", "text/plain"))], {"collection": "docs"}, "file", "missing_file"),
+        (files("bees.md"), {"collection": "../etc"}, "collection", "invalid_value"),
+        (files("bees.md"), {"collection": "x" * 65}, "collection", "invalid_value"),
+        (files("bees.md"), {}, "collection", "missing_required_parameter"),
+        (files("bees.md"), {"collection": "d", "metadata": "{"}, "metadata", "invalid_value"),
+        (files("bees.md"), {"collection": "d", "metadata": '{"a": 1}'}, None, None),
+        (files("bees.md"), {"collection": "d", "stream": "maybe"}, None, None),
+    ],
+    ids=[
+        "no-file-part",
+        "path-collection",
+        "long-collection",
+        "no-collection",
+        "bad-metadata",
+        "metadata-not-strings",
+        "stream-not-bool",
+    ],
+)
+async def test_bad_ingest_uploads_get_a_400(gateway, files, data: dict, param, code) -> None:
+    """Broken ingest uploads are refused with a 400 naming the field, never a 5xx."""
+    async with http(gateway, "writer") as client:
+        response = await client.post("/v1/rag/ingest", files=files, data=data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    if code:
+        assert (error["param"], error["code"]) == (param, code)
+
+
+async def test_ingest_must_be_multipart(gateway) -> None:
+    """A JSON body to /v1/rag/ingest: 400 saying how to upload."""
+    async with http(gateway, "writer") as client:
+        response = await client.post("/v1/rag/ingest", json={"collection": "docs"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_content_type"

@@ -295,7 +295,7 @@ async def _ingest_form(request: Request[Any, Any, Any]) -> tuple[proto.IngestReq
             code="invalid_content_type",
         )
     form = await request.form()
-    uploads = [f for f in form.getall("file") if isinstance(f, UploadFile)]
+    uploads = [f for f in form.getall("file", []) if isinstance(f, UploadFile)]
     if not uploads:
         raise InvalidRequest(
             "Upload at least one document in a `file` part.", param="file", code="missing_file"
