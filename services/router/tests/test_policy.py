@@ -320,3 +320,21 @@ def test_images_without_a_detector_or_a_cloud_vision_model_are_refused() -> None
 def test_plain_text_response_format_is_plain_chat() -> None:
     """response_format {"type": "text"} asks nothing special: a simple prompt stays local."""
     assert route(request("Hi", response_format={"type": "text"})).target == "local"
+
+
+def test_loading_the_detector_counts_as_local_wait() -> None:
+    """A detector not loaded (its switch measured at 12 s, above max_local_wait_s) sends an
+    image question auto would answer by detection to the cloud vision model instead."""
+    content = [{"type": "text", "text": "How many cats are there?"}, *IMAGE]
+    req = request("x", messages=[{"role": "user", "content": content}])
+    local = policy.Local(
+        models={LOCAL: CARD}, detectors=[DETECTOR], detector_switch_s={DETECTOR: 12.0}
+    )
+    s = policy.State(local=local, cloud=policy.Cloud(models={CLOUD: "openai"}, vision=[CLOUD]))
+    decision = route(req, s)
+    assert (decision.target, decision.model) == ("cloud", CLOUD)
+    assert any("model switch ~12 s" in r for r in decision.reasons)
+    loaded = policy.State(
+        local=policy.Local(models={LOCAL: CARD}, detectors=[DETECTOR]), cloud=s.cloud
+    )
+    assert route(req, loaded).target == "local"

@@ -85,6 +85,7 @@ class ChatService:
                 queue_full=self._admission.full,
                 npu_temp_c=zone.celsius if zone else None,
                 detectors=self._catalog.detectors,
+                detector_switch_s=self._catalog.detector_switch_s,
             ),
             cloud=policy.Cloud(
                 models=self._cloud.models(),

@@ -51,6 +51,8 @@ class LocalCatalog:
         self._window_s = window_s
         self.detectors: list[str] = []
         """The detectors the vision workers serve, the default one first."""
+        self.detector_switch_s: dict[str, float] = {}
+        """Detector -> seconds a detection first spends loading it (0: loaded)."""
         self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
         self.down: frozenset[str] = frozenset()
@@ -64,12 +66,13 @@ class LocalCatalog:
         # one discovery window for every service
         found, detectors, embedders = await asyncio.gather(
             self._llm.discover(self._window_s),
-            self._vision.models(self._window_s) if self._vision else _nothing(set()),
+            self._vision.models(self._window_s) if self._vision else _nothing({}),
             self._rag.embedders(self._window_s) if self._rag else _nothing({}),
         )
         # the default detector first: it is the one that describes images to a chat model
         self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
         self.embedders = embedders
+        self.detector_switch_s = detectors
         for model in self.cards.keys() - found.cards.keys():
             self._missed[model] = self._missed.get(model, 0) + 1
         for model in found.cards:

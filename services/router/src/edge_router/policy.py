@@ -97,6 +97,8 @@ class Local(msgspec.Struct, frozen=True, kw_only=True):
     detectors: list[str] = []
     """Object detectors running (the default one first): they describe images to a local
     model without vision."""
+    detector_switch_s: dict[str, float] = {}
+    """Detector -> seconds to load it first, for detectors not loaded."""
 
 
 class Cloud(msgspec.Struct, frozen=True, kw_only=True):
@@ -275,7 +277,9 @@ def _local_limits(
     return None
 
 
-def _local_pressure(s: Local, cfg: PolicySettings, model: str = "") -> tuple[str | None, bool]:
+def _local_pressure(
+    s: Local, cfg: PolicySettings, model: str = "", detector: str | None = None
+) -> tuple[str | None, bool]:
     """(why local should be avoided now, whether local is refused outright)."""
     if not s.models:
         return "local llm unavailable", True
@@ -285,7 +289,7 @@ def _local_pressure(s: Local, cfg: PolicySettings, model: str = "") -> tuple[str
         return f"NPU hot at {s.npu_temp_c:.0f} C", False
     if s.queue_full:
         return "local queue full", False
-    switch = s.switch_s.get(model, 0.0)
+    switch = s.switch_s.get(model, 0.0) + s.detector_switch_s.get(detector or "", 0.0)
     if s.queue_wait_s + switch > cfg.max_local_wait_s:
         what = f"local queue wait ~{s.queue_wait_s:.0f} s"
         return (f"{what} + model switch ~{switch:.0f} s" if switch else what), False
@@ -342,7 +346,7 @@ def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings)
         raise InvalidRequest(
             f"Model `{model}` does not support {what}.", param=param, code="unsupported"
         )
-    pressure, refused = _local_pressure(s.local, cfg, model)
+    pressure, refused = _local_pressure(s.local, cfg, model, detector)
     if refused:
         raise unavailable(f"Model `{model}` cannot run now: {pressure}.")
     reasons = ["model pinned to local", *_described(detector)]
@@ -371,7 +375,7 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     detector = _detector(f, card, s.local)
     cloud, no_cloud = _auto_cloud(f, s)
     limit = _local_limits(f, card, detector, cfg) if card else None
-    pressure, refused = _local_pressure(s.local, cfg, local_model or "")
+    pressure, refused = _local_pressure(s.local, cfg, local_model or "", detector)
     score, named = complexity(f, cfg)
     hard = score >= cfg.hard_score
 

@@ -51,10 +51,15 @@ class DetectBody(DetectFields, kw_only=True, forbid_unknown_fields=True):
     URL on a host the gateway allows (image_url_hosts)."""
 
 
+class EndpointStats(msgspec.Struct):
+    data: proto.VisionStats | None = None
+
+
 class ServiceStats(msgspec.Struct):
     """The part of a vision worker's micro STATS we read."""
 
     metadata: dict[str, str] = {}
+    endpoints: list[EndpointStats] = []
 
 
 class DetectAnswer(msgspec.Struct, kw_only=True):
@@ -103,13 +108,17 @@ class VisionClient:
                 return detected
         raise AssertionError("a detection stream ends with Detected or raises")
 
-    async def models(self, window: float = DISCOVERY_WINDOW_S) -> set[str]:
-        """The detectors the running vision workers serve (their micro INFO metadata)."""
-        served: set[str] = set()
+    async def models(self, window: float = DISCOVERY_WINDOW_S) -> dict[str, float]:
+        """The detectors the running vision workers serve (their micro INFO metadata), each
+        with the seconds a detection first spends loading it (0 when one holds it loaded)."""
+        served: dict[str, float] = {}
         async for reply in self._bus.stats(window):
             with contextlib.suppress(msgspec.DecodeError):
                 stats = msgspec.json.decode(reply, type=ServiceStats)
-                served.update(m for m in stats.metadata.get("models", "").split(",") if m)
+                data = next((e.data for e in stats.endpoints if e.data), proto.VisionStats())
+                for model in filter(None, stats.metadata.get("models", "").split(",")):
+                    cost = 0.0 if model in data.resident else data.switch_s
+                    served[model] = min(served.get(model, cost), cost)
         return served
 
 
