@@ -26,10 +26,9 @@ from edge_router.errors import (
     ClientGone,
     Forbidden,
     InvalidRequest,
+    decoded,
     invalid_body,
-    invalid_json,
     model_not_found,
-    too_deep,
 )
 from edge_router.grounding import with_citations
 from edge_router.local_state import LocalCatalog
@@ -140,15 +139,7 @@ def _route_headers(routed: Routed) -> dict[str, str]:
 async def chat_body(request: Request[Any, Any, Any]) -> tuple[p.ChatCompletionRequest, Any]:
     """The body decoded strictly, as OpenAI does ("5" is no integer, 0 no boolean; Litestar's
     own parsing is lenient), and as plain JSON (passed on to cloud upstreams)."""
-    body = await request.body()
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise invalid_json(exc) from None
-    except UnicodeDecodeError as exc:  # msgspec lets the codec's error through
-        raise invalid_json(msgspec.DecodeError(f"JSON must be UTF-8: {exc}")) from None
-    except RecursionError:  # msgspec decodes as deep as the interpreter's recursion limit
-        raise too_deep(body) from None
+    raw = decoded(await request.body(), dict[str, Any])
     try:
         return msgspec.convert(raw, p.ChatCompletionRequest), raw
     except msgspec.ValidationError as exc:

@@ -266,24 +266,10 @@ async def embeddings(rag: RagClient, request: Request[Any, Any, Any]) -> Respons
 async def search(rag: RagClient, request: Request[Any, Any, Any]) -> Response[Any]:
     """The chunks of a collection closest to a query (scope `rag:read`)."""
     body = decoded(await request.body(), SearchBody)
-    result = await rag.search(
-        proto.SearchRequest(
-            request_id=request_id_of(request.scope),
-            collection=body.collection,
-            query=body.query,
-            top_k=body.top_k,
-            filter=body.filter,
-            mode=body.mode,
-            score_threshold=body.score_threshold,
-        )
+    wire_request = proto.SearchRequest(
+        request_id=request_id_of(request.scope), **msgspec.structs.asdict(body)
     )
-    answer = SearchAnswer(
-        model=result.model,
-        hits=result.hits,
-        query_tokens=result.query_tokens,
-        embed_ms=result.embed_ms,
-        search_ms=result.search_ms,
-    )
+    answer = SearchAnswer(**msgspec.structs.asdict(await rag.search(wire_request)))
     return Response(msgspec.json.encode(answer), media_type="application/json")
 
 
