@@ -182,6 +182,12 @@ def main() -> None:
     p_doctor.add_argument("--model-dir", default="", help="where .rkllm models are (ROOT/models)")
     p_doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     p_doctor.set_defaults(func=doctor)
+    try:  # `edge-ai rag ...`, where the rag service is installed
+        from edge_rag.cli import add_rag_commands
+    except ImportError:
+        pass
+    else:
+        add_rag_commands(commands)
     args = parser.parse_args()
     sys.exit(args.func(args))
 

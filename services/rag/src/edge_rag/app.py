@@ -1,9 +1,16 @@
 """The rag worker process: the embedder, the store and the registry opened once (crash
-leftovers recovered first), the NATS service, /health over HTTP."""
+leftovers recovered first), the NATS service, /health over HTTP.
+
+One process at a time owns a data dir: `library_of` holds `<data_dir>/lock` (flock) while
+the library is open, for the service and the `edge-ai rag` CLI's in-process fallback alike
+(two writers would each recover the other's in-flight documents and fight over the store).
+"""
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import fcntl
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,7 @@ from litestar.datastructures import State
 
 from edge_rag.backends import create_backend, default_embedder
 from edge_rag.embed import Embedder
+from edge_rag.errors import RagError
 from edge_rag.library import Library
 from edge_rag.registry import Registry
 from edge_rag.server import RagServer
@@ -37,6 +45,45 @@ def health(state: State) -> dict[str, Any]:
         "ingesting": server.worker.current is not None,
         "queued": server.worker.queued,
     }
+
+
+class DataDirInUse(RagError):
+    """Another process (the rag service, or the CLI working in-process) has the data dir."""
+
+    code = "unavailable"
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir`/lock (made if missing) for the block; DataDirInUse at once if another
+    process holds it. The kernel drops a flock with its holder, so a killed process leaves
+    no stale lock; the holder's pid is written there for the message."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise DataDirInUse(
+                f"{data_dir} is in use by another process (pid {holder}): the rag service or"
+                " an `edge-ai rag` command working on it in-process"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield  # closing the file releases the lock
+
+
+@contextmanager
+def library_of(settings: RagSettings) -> Iterator[Library]:
+    """The Library of `settings`, its data dir locked for as long as it is open."""
+    with data_dir_lock(Path(settings.data_dir).absolute()):
+        library = open_library(settings)
+        try:
+            yield library
+        finally:
+            close_library(library)
 
 
 def open_library(settings: RagSettings) -> Library:
@@ -66,8 +113,7 @@ def create_app(settings: RagSettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            library = await asyncio.to_thread(open_library, settings)
-            stack.callback(close_library, library)
+            library = await asyncio.to_thread(stack.enter_context, library_of(settings))
             nc = await stack.enter_async_context(
                 bus.connect(settings.nats_url, proto.SERVICE, settings.nats_password)
             )

@@ -1,6 +1,6 @@
 """Blocks to chunks of at most `max_tokens` tokens (the embedder's own tokenizer counts),
 packed paragraph by paragraph, with `overlap` tokens of whole paragraphs (or sentences)
-repeated from the chunk before. A heading change starts a new chunk; a paragraph too long
+repeated from the chunk before. A heading or page change starts a new chunk; a paragraph too long
 for one is split at sentences, and a sentence too long at words."""
 
 import re
@@ -83,11 +83,13 @@ def chunk_blocks(
 
     for piece in pieces:
         size = sum(p.tokens for p in current)
-        if current and (piece.section != current[-1].section or size + piece.tokens > max_tokens):
+        # a chunk stays on one page (a PDF's): what a citation names is where its text is
+        moved = current and (piece.section, piece.page) != (current[-1].section, current[-1].page)
+        if current and (moved or size + piece.tokens > max_tokens):
             if fresh:
                 emit()
-            tail: list[_Piece] = []  # the overlap: whole trailing pieces, same section only
-            if piece.section == current[-1].section:
+            tail: list[_Piece] = []  # the overlap: whole trailing pieces, same section and page
+            if not moved:
                 for p in reversed(current):
                     if sum(t.tokens for t in tail) + p.tokens > overlap:
                         break
