@@ -12,7 +12,7 @@ import nats
 import pytest
 from edge_common.ledger import BoardLedger
 from edge_common.npu_lease import NpuLease
-from edge_common.residency import CannotFit, Residency
+from edge_common.residency import CannotFit, Residency, mem_available_mb
 
 TTL = 2.0
 BOARD_MB = 30
@@ -107,6 +107,24 @@ def test_without_a_board_size_the_budget_is_mem_available_less_the_reserve(
     assert residency.budget_mb() == 1024 - 512
     capped = Residency(models(a=10), pinned="a", cap_mb=100, meminfo=meminfo)
     assert capped.budget_mb() == 100
+
+
+def test_in_a_container_the_cgroup_limit_bounds_the_budget(tmp_path: Path) -> None:
+    """Inside a container /proc/meminfo is the host's: a cgroup v2 memory limit leaving less
+    (limit less usage) is what counts; no limit ("max") leaves MemAvailable."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable: 4194304 kB\n")  # the host: 4 GB free
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{1536 * 2**20}\n")  # compose: mem_limit 1.5 GB
+    (cgroup / "memory.current").write_text(f"{512 * 2**20}\n")
+    assert mem_available_mb(meminfo, cgroup) == 1024
+    (cgroup / "memory.max").write_text("max\n")
+    assert mem_available_mb(meminfo, cgroup) == 4096
+    residency = Residency(
+        models(a=10), pinned="a", reserve_mb=0, meminfo=meminfo, cgroup=tmp_path / "none"
+    )
+    assert residency.budget_mb() == 4096
 
 
 @pytest.fixture

@@ -68,11 +68,29 @@ class ResidencyStatus(msgspec.Struct, frozen=True, kw_only=True):
     evictions: int
 
 
-def mem_available_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) // 1024
-    raise RuntimeError(f"no MemAvailable in {meminfo}")
+def mem_available_mb(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """MemAvailable, or less when our cgroup (v2: a container's memory limit) leaves less:
+    inside a container /proc/meminfo is the host's."""
+    available = next(
+        (
+            int(line.split()[1]) // 1024
+            for line in meminfo.read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        ),
+        None,
+    )
+    if available is None:
+        raise RuntimeError(f"no MemAvailable in {meminfo}")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        current = int((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):  # no cgroup v2 memory controller here
+        return available
+    if limit == "max":
+        return available
+    return min(available, (int(limit) - current) // 2**20)
 
 
 def _nothing_in_use() -> Collection[str]:
@@ -89,6 +107,7 @@ class Residency(Generic[M]):
         cap_mb: int = 0,
         reserve_mb: int = 512,
         meminfo: Path = Path("/proc/meminfo"),
+        cgroup: Path = Path("/sys/fs/cgroup"),
         ledger: BoardLedger | None = None,
         service: str = "worker",
     ) -> None:
@@ -98,7 +117,7 @@ class Residency(Generic[M]):
         self.pinned = pinned
         self._board_mb, self._cap_mb = board_mb, cap_mb
         self._reserve_mb = reserve_mb
-        self._meminfo = meminfo
+        self._meminfo, self._cgroup = meminfo, cgroup
         self._ledger = ledger
         self._service = service
         self._lru: OrderedDict[str, float] = OrderedDict()  # model id -> last used (monotonic)
@@ -120,7 +139,7 @@ class Residency(Generic[M]):
         if self._board_mb:
             room = self._board_mb - self._others().total_mb
         else:  # MemAvailable already leaves out what the other workers hold
-            room = mem_available_mb(self._meminfo) - self._reserve_mb + self.used_mb()
+            room = mem_available_mb(self._meminfo, self._cgroup) - self._reserve_mb + self.used_mb()
         room += others_freeing_mb
         return min(room, self._cap_mb) if self._cap_mb else room
 
