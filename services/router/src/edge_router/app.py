@@ -33,6 +33,7 @@ from edge_router.keys import KeyStore
 from edge_router.llm_client import LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import LiveState
+from edge_router.ollama import ROUTES as OLLAMA_ROUTES
 from edge_router.rag import (
     RagClient,
     delete_collection,
@@ -148,6 +149,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             get_collection,
             delete_collection,
             delete_document,
+            *OLLAMA_ROUTES,
         ],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),

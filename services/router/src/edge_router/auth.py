@@ -19,6 +19,11 @@ SCOPE = {
     "/v1/embeddings": "embeddings",
     "/v1/rag/search": "rag:read",
     "/v1/rag/ingest": "rag:write",
+    # the Ollama API (edge_router.ollama); its other paths take any valid key
+    "/api/chat": "chat",
+    "/api/generate": "chat",
+    "/api/embed": "embeddings",
+    "/api/embeddings": "embeddings",
 }
 COLLECTIONS = "/v1/rag/collections"
 """Reading them takes `rag:read`, deleting `rag:write`."""
