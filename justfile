@@ -58,3 +58,7 @@ vision-rknn *args:
 # rknn-toolkit2 simulator vs onnxruntime on the converted detectors; writes docs/rknn.md
 bench-rknn *args:
     uv run --project tools/rknn python bench/rknn.py {{args}}
+
+# RAG: embedder variants, ingest chunks/s, search p50/p99 and recall@10 vs faiss at 10k and 100k
+bench-rag *args:
+    python bench/rag.py {{args}}

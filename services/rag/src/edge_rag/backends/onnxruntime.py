@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from edge_rag.backends.base import OnnxRuntimeEmbedder
+from edge_rag.backends.graph import rewritten
 from edge_rag.errors import BackendError
 
 
@@ -23,10 +24,9 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = spec.threads
         options.log_severity_level = 3  # int8 graphs warn about unused initialisers
         try:
-            self._session = ort.InferenceSession(
-                spec.path, options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
+            path = rewritten(spec.path, spec.optimize)
+            self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnx and onnxruntime raise their own untyped errors
             raise BackendError(
                 f"embedding model {spec.id}: cannot load {spec.path}: {exc}"
             ) from exc

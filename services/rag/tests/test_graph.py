@@ -1,0 +1,79 @@
+"""The embedder's graph rewrite (backends/graph.py) on the real default model: the rewritten
+graphs embed real sentences like the shipped one, are made once and then read from the
+cache, and a graph the rewrite does not recognise is used as it is."""
+
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import onnx
+import pytest
+from edge_rag.backends import create_backend, default_embedder, graph
+from edge_rag.embed import Embedder
+
+SENTENCES = [
+    "A honey bee colony has one queen and thousands of workers.",
+    "Bread rises because yeast turns sugar into carbon dioxide.",
+    "The lighthouse keeper trimmed the wick every evening before dusk.",
+    "How do I reset my password?",
+    "Lava from a shield volcano flows far before it cools into basalt.",
+]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty rewrite cache for this test (the real one lives under ~/.cache)."""
+    monkeypatch.setattr(graph, "CACHE", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize(("optimize", "floor"), [("fused", 0.9999), ("int8", 0.98)])
+def test_rewrite_embeds_like_the_shipped_graph(cache: Path, optimize: str, floor: float) -> None:
+    """Fused attention gives the shipped graph's vectors (to float error); int8 stays within
+    cosine 0.98 of them on every sentence; the rewrite lands in the cache, once."""
+    shipped = msgspec.structs.replace(default_embedder(), optimize="off")
+    spec = msgspec.structs.replace(default_embedder(), optimize=optimize)
+    reference = Embedder(shipped, create_backend(shipped)).embed(SENTENCES).vectors
+    embedder = Embedder(spec, create_backend(spec))
+    cosines = (embedder.embed(SENTENCES).vectors * reference).sum(axis=1)
+    assert cosines.min() >= floor, cosines
+    [made] = cache.iterdir()  # the rewrite's scratch files are gone
+    assert made.name.endswith(f"-{optimize}.onnx")
+    stamp = made.stat().st_mtime_ns
+    assert graph.rewritten(spec.path, spec.optimize) == str(made)
+    assert made.stat().st_mtime_ns == stamp  # read from the cache, not made again
+
+
+def test_unrecognised_graph_is_used_as_is(cache: Path, tmp_path: Path) -> None:
+    """A graph without Hugging Face BERT attention weights is not rewritten (nor cached)."""
+    model = onnx.load(default_embedder().path)
+    for tensor in model.graph.initializer:
+        tensor.name = tensor.name.replace("attention.self", "attn")
+    for node in model.graph.node:
+        node.input[:] = [i.replace("attention.self", "attn") for i in node.input]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, str(path))
+    assert graph.rewritten(str(path), "int8") == str(path)
+    assert list(cache.iterdir()) == []
+
+
+def test_an_unwritable_cache_runs_the_shipped_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only home (a container's root filesystem): the embedder still loads, from the
+    shipped graph, instead of failing to start."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(graph, "CACHE", tmp_path / "file" / "cache")
+    path = default_embedder().path
+    assert graph.rewritten(path, "int8") == path
+
+
+def test_default_embedder_runs_one_text_per_call() -> None:
+    """The default (int8) embedder is batch-independent: a text's vector is the same alone
+    and among others, because each text runs in its own call."""
+    spec = default_embedder()
+    assert (spec.optimize, spec.batch_size) == ("int8", 1)
+    embedder = Embedder(spec, create_backend(spec))
+    together = embedder.embed(SENTENCES).vectors
+    alone = np.stack([embedder.embed([s]).vectors[0] for s in SENTENCES])
+    assert np.array_equal(together, alone)
