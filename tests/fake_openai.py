@@ -3,7 +3,8 @@
 It answers `POST /v1/chat/completions` like OpenAI (JSON, or SSE chunks ending in
 `data: [DONE]`, with a usage chunk when `stream_options.include_usage` is set). Faults queued
 in `faults` apply to the next requests, one each: an HTTP status (with Retry-After), a slow
-first byte, a connection reset before or after the first token, malformed JSON. Every request
+first byte, a connection reset before or after the first token, malformed JSON. Offered
+tools, it calls one (see _tool_call), streaming the call as OpenAI does. Every request
 is recorded with its arrival time; every payload sent is kept for exact-relay checks.
 Written on asyncio streams so that a reset is a real TCP RST.
 """
@@ -18,6 +19,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 WORDS = ["Hello", " from", " the", " cloud", "."]
+CALL_ARGUMENTS = '{"city": "Paris", "unit": "c"}'
+"""What a fake tool call passes (streamed in pieces of 8 characters)."""
+
+
+def _tool_call(n: int, body: dict) -> dict | None:
+    """The call the fake makes when offered tools (the named one, else the first), unless
+    tool_choice is none or the last message already is a tool's result."""
+    choice, tools = body.get("tool_choice"), body.get("tools")
+    if not tools or choice == "none" or body["messages"][-1].get("role") == "tool":
+        return None
+    name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
+    return {"id": f"call_fake{n}", "type": "function", "function": {"name": name}}
 
 
 @dataclass
@@ -143,6 +156,12 @@ def _usage(body: dict) -> dict:
 
 
 def _completion(n: int, body: dict) -> bytes:
+    call = _tool_call(n, body)
+    message = (
+        {"role": "assistant", "content": None, "tool_calls": [_with_arguments(call)]}
+        if call
+        else {"role": "assistant", "content": "".join(WORDS)}
+    )
     return json.dumps(
         {
             "id": f"chatcmpl-fake-{n}",
@@ -153,14 +172,18 @@ def _completion(n: int, body: dict) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(WORDS)},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "tool_calls" if call else "stop",
                 }
             ],
             "usage": _usage(body),
         }
     ).encode()
+
+
+def _with_arguments(call: dict) -> dict:
+    return {**call, "function": {**call["function"], "arguments": CALL_ARGUMENTS}}
 
 
 def _chunks(n: int, body: dict) -> list[bytes]:
@@ -182,8 +205,17 @@ def _chunks(n: int, body: dict) -> list[bytes]:
         }
 
     out = [choice({"role": "assistant", "content": ""})]
-    out += [choice({"content": w}) for w in WORDS]
-    out.append(choice({}, "stop"))
+    if call := _tool_call(n, body):
+        first = {**call, "function": {**call["function"], "arguments": ""}}
+        pieces = [CALL_ARGUMENTS[i : i + 8] for i in range(0, len(CALL_ARGUMENTS), 8)]
+        out.append(choice({"tool_calls": [{"index": 0, **first}]}))
+        out += [
+            choice({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces
+        ]
+        out.append(choice({}, "tool_calls"))
+    else:
+        out += [choice({"content": w}) for w in WORDS]
+        out.append(choice({}, "stop"))
     if with_usage:
         out.append({**base, "choices": [], "usage": _usage(body)})
     return [json.dumps(o).encode() for o in out]

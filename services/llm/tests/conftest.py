@@ -34,8 +34,16 @@ class Double:
         lines = self._lib.edge_double_record().decode().splitlines()
         return dict(line.split("=", 1) for line in lines)
 
+    def runs(self) -> int:
+        """rkllm_run calls since the last reset."""
+        return self._lib.edge_double_record().decode().count("run.role=")
+
     def reset(self) -> None:
         self._lib.edge_double_reset()
+
+    def answer(self, *answers: str) -> None:
+        """Canned answers for the next runs, one each, instead of the " tN" tokens."""
+        self._lib.edge_double_answer("\x1e".join(answers).encode())
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
 """The RKLLM binding against a C double with rkllm.h's ABI (v1.3.0)."""
 
 import ctypes
+import json
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-from edge_common.protocol.llm import ChatMessage, ChatRequest, Delta, Done
+from edge_common.protocol.llm import ChatMessage, ChatRequest, Delta, Done, ResponseFormat, Tool
+from edge_common.worker import JobFailed
 from edge_llm.backends import create_backend
 from edge_llm.backends import rkllm_abi as abi
 from edge_llm.backends.rkllm import RkllmBackend, RkllmError
@@ -154,3 +157,73 @@ async def test_prompt_cache_saved_once_then_loaded(double: Any, tmp_path: Path) 
     double.reset()
     create_backend(double.spec(prompt_cache=str(cache))).load()
     assert double.record()["prompt_cache.loaded"] == str(cache)
+
+
+WEATHER = Tool(
+    name="get_weather",
+    description="Weather of a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+)
+
+
+async def run(backend: Any, req: ChatRequest) -> list[Delta | Done]:
+    prompt = backend.prompt_tokens(req.messages, req.tools)
+    return [e async for e in Generation(backend, req, prompt).events()]
+
+
+async def test_tools_reach_the_runtime_and_calls_come_back(double: Any) -> None:
+    """rkllm_set_function_tools gets the tools JSON, the system prompt and the result tag;
+    the model's call comes back as a tool call; a later run without tools clears them."""
+    backend = create_backend(double.spec())
+    backend.load()
+    double.answer(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    )
+    messages = [ChatMessage(role="system", content="Be brief."), *request("weather").messages]
+    req = ChatRequest(request_id="r", model="npu-model", messages=messages, tools=[WEATHER])
+    events = await run(backend, req)
+    got = double.record()
+    assert json.loads(got["tools.json"]) == [
+        {"type": "function", "function": msgspec.to_builtins(WEATHER)}
+    ]
+    assert (got["tools.system"], got["tools.response_tag"]) == ("Be brief.", "tool_response")
+    pieces = [p for e in events if isinstance(e, Delta) for p in e.tool_calls]
+    assert (pieces[0].name, "".join(p.arguments for p in pieces)) == (
+        "get_weather",
+        '{"city": "Oslo"}',
+    )
+    assert events[-1].finish_reason == "tool_calls"  # type: ignore[union-attr]
+    double.reset()
+    await run(backend, request("hello", max_tokens=2))
+    assert double.record()["tools.json"] == ""
+    backend.unload()
+
+
+@pytest.mark.parametrize(
+    ("answers", "runs", "ok"),
+    [
+        (['{"city": "Oslo"}'], 1, True),
+        (["Oslo, I think", '```json\n{"city": "Oslo"}\n```'], 2, True),
+        (["Oslo", '{"city": 3}'], 2, False),
+    ],
+)
+async def test_json_answers_are_checked_and_retried_once(
+    double: Any, answers: list[str], runs: int, ok: bool
+) -> None:
+    """Without grammars a JSON answer is validated against its schema, generated once more
+    if invalid, then the request fails with invalid_output (the router's cue for the cloud)."""
+    backend = create_backend(double.spec())
+    backend.load()
+    double.answer(*answers)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    req = request("city?", response_format=ResponseFormat(type="json_schema", schema=schema))
+    if ok:
+        events = await run(backend, req)
+        assert events[0] == Delta(text='{"city": "Oslo"}')
+    else:
+        with pytest.raises(JobFailed) as failed:
+            await run(backend, req)
+        assert failed.value.code == "invalid_output"
+        assert "does not match the schema" in str(failed.value)
+    backend.unload()
+    assert double.runs() == runs

@@ -20,6 +20,7 @@ ErrorCode = Literal[
     "model_not_found",
     "context_length_exceeded",
     "generation_failed",
+    "invalid_output",
     "unavailable",
     "invalid_image",
     "image_too_large",

@@ -66,6 +66,15 @@ WATCHDOG = Counter(
 )
 
 
+class JobFailed(Exception):
+    """A job ended without an answer for a reason it names with a wire error code (the
+    caller maps the code), rather than by a crash."""
+
+    def __init__(self, code: wire.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Job(Protocol):
     """One accepted request, as the runtime runs it."""
 
@@ -236,6 +245,10 @@ class Worker:
                 reason=job.stopped_by or "cancel",
                 **job.summary(),
             )
+        except JobFailed as exc:
+            self._end(job, "failed")
+            log.warning(f"{self._service}.{self._noun}_failed", code=exc.code, reason=str(exc))
+            await self._fail(job, wire.Failed(code=exc.code, message=str(exc)))
         except Exception:
             self._end(job, "failed")
             log.exception(f"{self._service}.{self._noun}_failed")

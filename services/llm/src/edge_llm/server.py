@@ -17,7 +17,7 @@ from edge_common.worker import Outcome, Worker
 from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 
-from edge_llm import metrics
+from edge_llm import metrics, structured
 from edge_llm.backends import Backend
 from edge_llm.generation import Generation
 
@@ -77,7 +77,14 @@ class LlmServer:
             self.residency.check_fits(request.model)
         except CannotFit as exc:
             raise ServiceError("unavailable", str(exc)) from None
-        prompt = backend.prompt_tokens(request.messages)
+        if request.tool_choice == "named" and not structured.call_tools(request):
+            raise ServiceError(
+                "invalid_request", f"tool_choice names `{request.tool_name}`, which is no tool."
+            )
+        prompt = backend.prompt_tokens(
+            structured.with_instruction(request.messages, request.response_format),
+            structured.call_tools(request),
+        )
         limit = backend.card.context_length
         wanted = len(prompt) + (request.max_tokens or 1)
         if wanted > limit:
@@ -92,7 +99,13 @@ class LlmServer:
                 f"This model's maximum context length is {limit} tokens. However, {detail}. "
                 "Please reduce the length of the messages or completion.",
             )
-        self.worker.accepted(Generation(backend, request, prompt))
+        try:
+            grammar = structured.grammar(request) if backend.grammars else ""
+        except structured.UnusableSchema as exc:
+            raise ServiceError(
+                "invalid_request", f"The response_format or tool schema cannot be used: {exc}"
+            ) from None
+        self.worker.accepted(Generation(backend, request, prompt, grammar))
         accepted = wire.Accepted(prompt_tokens=len(prompt), instance=self.worker.instance)
         await req.respond(wire.encode(accepted))
 

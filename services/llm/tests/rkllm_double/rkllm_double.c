@@ -12,7 +12,9 @@
  * (" t1" on an empty cache, " t7" on one holding 6 positions), so that leftover context
  * shows in the output. keep_history=0 discards the run's history when the run completes;
  * an aborted or failed run leaves its positions behind until rkllm_clear_kv_cache (rkllm.h
- * promises no more than that). Every call records what it received in a text log (key=value lines) that
+ * promises no more than that). edge_double_answer() sets canned answers instead of the " tN"
+ * tokens: one per run, in order (separated by '\x1e'), each streamed 4 bytes a token.
+ * rkllm_set_function_tools records what it got. Every call records what it received in a text log (key=value lines) that
  * tests read with edge_double_record(); edge_double_layout() reports offsets and sizes.
  * Built by the test suite with the system C compiler.
  */
@@ -90,6 +92,7 @@ static int32_t g_max_new_tokens = 16;
 static volatile int g_abort, g_running;
 static int g_kv_size; /* positions held in the modelled KV cache */
 static int g_handle_storage;
+static char g_answers[8192]; /* canned answers, '\x1e'-separated; consumed one per run */
 
 static void record(const char *fmt, ...) {
     va_list ap;
@@ -102,7 +105,24 @@ static void record(const char *fmt, ...) {
 }
 
 const char *edge_double_record(void) { return g_log; }
-void edge_double_reset(void) { g_log_len = 0; g_log[0] = 0; }
+void edge_double_reset(void) { g_log_len = 0; g_log[0] = 0; g_answers[0] = 0; }
+void edge_double_answer(const char *answers) { snprintf(g_answers, sizeof g_answers, "%s", answers); }
+
+/* The next canned answer into `out` (empty if none), removed from the queue. */
+static void next_answer(char *out, size_t size) {
+    char *end = strchr(g_answers, '\x1e');
+    size_t n = end ? (size_t)(end - g_answers) : strlen(g_answers);
+    snprintf(out, size, "%.*s", (int)n, g_answers);
+    memmove(g_answers, end ? end + 1 : g_answers + n, strlen(end ? end + 1 : g_answers + n) + 1);
+}
+
+int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const char *tools,
+                             const char *tool_response_str) {
+    (void)handle;
+    record("tools.system=%s\ntools.json=%s\ntools.response_tag=%s\n", system_prompt ? system_prompt : "",
+           tools ? tools : "", tool_response_str ? tool_response_str : "");
+    return 0;
+}
 
 RKLLMParam rkllm_createDefaultParam(void) {
     RKLLMParam p;
@@ -162,7 +182,9 @@ int rkllm_load_prompt_cache(LLMHandle handle, const char *path) {
 }
 
 typedef enum { FLOW_NORMAL, FLOW_STALL, FLOW_WEDGE } Flow;
-typedef struct { size_t n_input; int32_t n_new; int error; Flow flow; int keep_history; void *userdata; } Job;
+typedef struct {
+    size_t n_input; int32_t n_new; int error; Flow flow; int keep_history; void *userdata; char answer[4096];
+} Job;
 
 static void *generate(void *arg) {
     Job *job = arg;
@@ -177,7 +199,16 @@ static void *generate(void *arg) {
         return NULL;
     }
     int emitted = 0;
-    for (int i = 0; i < job->n_new && !g_abort; i++) {
+    size_t canned = strlen(job->answer);
+    for (size_t at = 0; at < canned && emitted < job->n_new && !g_abort; at += 4) {
+        memset(&r, 0, sizeof r);
+        snprintf(text, sizeof text, "%.4s", job->answer + at);
+        r.text = text;
+        r.token_id = 2000 + emitted++;
+        g_kv_size++;
+        if (g_cb.result_callback(&r, job->userdata, RKLLM_RUN_NORMAL) != 0) break;
+    }
+    for (int i = 0; i < job->n_new && !g_abort && !canned; i++) {
         memset(&r, 0, sizeof r);
         snprintf(text, sizeof text, " t%d", history + i);
         r.text = i == 0 ? NULL : text;
@@ -204,7 +235,8 @@ static void *generate(void *arg) {
 int rkllm_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userdata) {
     if (handle != &g_handle_storage) return -1;
     Job job = {0, ip->max_new_tokens > 0 ? ip->max_new_tokens : g_max_new_tokens, 0, FLOW_NORMAL, ip->keep_history,
-               userdata};
+               userdata, ""};
+    next_answer(job.answer, sizeof job.answer);
     record("run.role=%s\nrun.enable_thinking=%d\nrun.input_type=%d\n", in->role ? in->role : "", in->enable_thinking,
            in->input_type);
     if (in->input_type == RKLLM_INPUT_TOKEN) {

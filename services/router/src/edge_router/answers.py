@@ -1,8 +1,9 @@
 """OpenAI answers from llm wire events (chunks, a whole completion), and cloud streams with
 the usage chunk the router asked for on the client's behalf taken out.
 
-The local event stream is Delta* then Done (llm_client.Events); Done carries the token
-counts, which become OpenAI usage and go to an `on_usage` sink (metrics, rate limits).
+The local event stream is Delta* then Done (llm_client.Events); a Delta's tool-call pieces
+become OpenAI's streamed `tool_calls` deltas, or the message's `tool_calls`. Done carries the
+token counts, which become OpenAI usage and go to an `on_usage` sink (metrics, rate limits).
 """
 
 import contextlib
@@ -70,7 +71,10 @@ async def chunks(
     yield chunk(p.ChunkDelta(role="assistant", content=""))
     async for event in events:
         if isinstance(event, llm_wire.Delta):
-            yield chunk(p.ChunkDelta(content=event.text))
+            if event.text:
+                yield chunk(p.ChunkDelta(content=event.text))
+            for piece in event.tool_calls:  # one piece a chunk, as OpenAI streams them
+                yield chunk(p.ChunkDelta(tool_calls=[_chunk_call(piece)]))
         else:
             on_usage(usage(event))
             yield chunk(p.ChunkDelta(), event.finish_reason)
@@ -80,26 +84,47 @@ async def chunks(
                 )
 
 
+def _chunk_call(piece: llm_wire.ToolCallPiece) -> p.ChunkToolCall:
+    """A tool-call piece as OpenAI streams it: the first names id, type and function."""
+    if piece.id:
+        return p.ChunkToolCall(
+            index=piece.index,
+            id=piece.id,
+            type="function",
+            function=p.ChunkFunction(name=piece.name, arguments=piece.arguments),
+        )
+    return p.ChunkToolCall(index=piece.index, function=p.ChunkFunction(arguments=piece.arguments))
+
+
 async def collect(events: Events, model: str, request_id: str) -> p.ChatCompletion:
-    """A local answer as one completion."""
+    """A local answer as one completion (tool calls assembled from their pieces; content
+    null when the model only called tools, as OpenAI answers)."""
     text: list[str] = []
+    calls: dict[int, tuple[str, str, list[str]]] = {}  # index -> (id, name, arguments)
     done: llm_wire.Done | None = None
     async for event in events:
         if isinstance(event, llm_wire.Delta):
             text.append(event.text)
+            for piece in event.tool_calls:
+                calls.setdefault(piece.index, (piece.id, piece.name, []))[2].append(piece.arguments)
         else:
             done = event
     assert done is not None  # the event stream ends with Done or raises
+    content = "".join(text)
+    message = p.ResponseMessage(content=content)
+    if calls:
+        message = p.ResponseMessage(
+            content=content or None,
+            tool_calls=[
+                p.ToolCall(id=id_, function=p.FunctionCall(name=name, arguments="".join(args)))
+                for id_, name, args in (calls[i] for i in sorted(calls))
+            ],
+        )
     return p.ChatCompletion(
         id=f"chatcmpl-{request_id}",
         created=p.now(),
         model=model,
-        choices=[
-            p.Choice(
-                message=p.ResponseMessage(content="".join(text)),
-                finish_reason=done.finish_reason,
-            )
-        ],
+        choices=[p.Choice(message=message, finish_reason=done.finish_reason)],
         usage=usage(done),
     )
 

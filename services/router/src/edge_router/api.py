@@ -155,6 +155,30 @@ async def chat_completions(
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     data, raw = await chat_body(request)
+    routed, headers, seen = await run_chat(chat, limits, settings, request, data, raw)
+    body = _cited(routed) if routed.citations else routed.body
+    if isinstance(body, bytes):
+        seen.payload(body)
+        seen.done(200)
+        return Response(body, media_type="application/json", headers=headers)
+    return Stream(
+        _sse(body, seen),
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def run_chat(
+    chat: ChatService,
+    limits: RateLimits,
+    settings: RouterSettings,
+    request: Request[Any, Any, Any],
+    data: p.ChatCompletionRequest,
+    raw: dict[str, Any],
+) -> tuple[Routed, dict[str, str], Observation]:
+    """A decoded chat request checked, rate-limited, routed and run (cancelled if the client
+    goes): the answer, its response headers and the request's Observation, which the caller
+    tells of the payloads it sends and of the end (the OpenAI and Ollama surfaces share it)."""
     caller = caller_of(request, settings)
     seen = Observation(data.model, raw["messages"] if settings.log_content else None)
     limit_headers: dict[str, str] = {}
@@ -182,17 +206,7 @@ async def chat_completions(
     d = routed.decision
     seen.routed(d.target, d.model)
     log.info("router.routed", route=d.target, model=d.model, reasons=d.reasons)
-    headers = _route_headers(routed) | limit_headers
-    body = _cited(routed) if routed.citations else routed.body
-    if isinstance(body, bytes):
-        seen.payload(body)
-        seen.done(200)
-        return Response(body, media_type="application/json", headers=headers)
-    return Stream(
-        _sse(body, seen),
-        media_type="text/event-stream",
-        headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    return routed, _route_headers(routed) | limit_headers, seen
 
 
 @post("/v1/route/explain", status_code=200, responses=ERROR_RESPONSES)
@@ -220,21 +234,59 @@ async def explain_route(
 def _models(catalog: LocalCatalog, cloud: CloudClient) -> list[p.ModelObject]:
     aliases = [p.ModelObject(id=a, created=0, owned_by="edge", route=a) for a in policy.ALIASES]
     local = [
-        p.ModelObject(id=c.id, created=c.created, owned_by=c.owned_by, route="local")
+        p.ModelObject(
+            id=c.id,
+            created=c.created,
+            owned_by=c.owned_by,
+            route="local",
+            context_window=c.context_length,
+            capabilities=p.ModelCapabilities(
+                vision=c.capabilities.vision,
+                tools=c.capabilities.tools,
+                json=c.capabilities.json_output,
+            ),
+            runs_on=c.device,
+            loaded=c.id in catalog.resident,
+        )
         for c in catalog.cards.values()
     ]
     detectors = [
-        p.ModelObject(id=d, created=0, owned_by="edge", route="local", task="detection")
+        p.ModelObject(
+            id=d,
+            created=0,
+            owned_by="edge",
+            route="local",
+            task="detection",
+            capabilities=p.ModelCapabilities(vision=True),
+            loaded=not catalog.detector_switch_s.get(d),
+        )
         for d in catalog.detectors
     ]
     embedders = [
         p.ModelObject(
-            id=m, created=0, owned_by="edge", route="local", task="embedding", dimension=s.dimension
+            id=m,
+            created=0,
+            owned_by="edge",
+            route="local",
+            task="embedding",
+            dimension=s.dimension,
+            context_window=s.max_tokens or None,
+            capabilities=p.ModelCapabilities(embeddings=True),
+            runs_on=s.device,
         )
         for m, s in catalog.embedders.items()
     ]
+    vision = set(cloud.vision_models())
     remote = [
-        p.ModelObject(id=m, created=0, owned_by=upstream, route="cloud")
+        p.ModelObject(
+            id=m,
+            created=0,
+            owned_by=upstream,
+            route="cloud",
+            # tools and response_format pass through to the upstream unchanged
+            capabilities=p.ModelCapabilities(vision=m in vision, tools=True, json=True),
+            runs_on="cloud",
+        )
         for m, upstream in cloud.models().items()
     ]
     return [*aliases, *local, *detectors, *embedders, *remote]

@@ -157,7 +157,7 @@ class ChatService:
                 detector=fallback.detector,
                 reasons=[
                     *decision.reasons,
-                    f"{decision.target} failed, fell back to {fallback.target}",
+                    f"{decision.target} failed, fell back to {fallback.target} ({exc.message})",
                 ],
             )
             return Routed(

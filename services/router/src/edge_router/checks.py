@@ -4,10 +4,18 @@ Inline images are checked here (edge_router.images); image URLs only once a rout
 their bytes (a cloud model fetches them itself).
 """
 
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
 from edge_router import protocol as p
-from edge_router.errors import InvalidRequest
+from edge_router.errors import InvalidRequest, invalid_body
 from edge_router.images import check_header, inline_bytes, is_url
 from edge_router.settings import InputLimits
+from edge_router.translate import response_format_of, tool_choice_of, tools_of
+
+T = TypeVar("T")
 
 
 def check(request: p.ChatCompletionRequest, limits: InputLimits) -> None:
@@ -41,3 +49,40 @@ def check(request: p.ChatCompletionRequest, limits: InputLimits) -> None:
                     check_header(inline_bytes(url, limits.max_image_mb, param), limits, param)
     if request.n not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n", code="unsupported")
+    _check_tools(request)
+
+
+def _typed(read: Callable[[], T], field: str) -> T:
+    """A field read with its protocol type, a failure a 400 naming the field."""
+    try:
+        return read()
+    except msgspec.ValidationError as exc:
+        error = invalid_body(exc)
+        inner = error.param or ""
+        error.param = field + (inner if inner.startswith("[") or not inner else f".{inner}")
+        raise error from None
+
+
+def _check_tools(request: p.ChatCompletionRequest) -> None:
+    """`tools`, `tool_choice`, `response_format` and past tool calls of the types OpenAI
+    defines (a cloud would refuse others too; a local model needs them typed). Fields past
+    those are a cloud's business: they pass through (a json_schema without `json_schema`
+    is any JSON object to a local model)."""
+    tools = _typed(lambda: tools_of(request), "tools")
+    choice = _typed(lambda: tool_choice_of(request), "tool_choice")
+    _typed(lambda: response_format_of(request), "response_format")
+    for i, message in enumerate(request.messages):
+        if isinstance(message, p.AssistantMessage) and message.tool_calls:
+            calls = message.tool_calls
+            _typed(
+                lambda c=calls: msgspec.convert(c, list[p.AssistantToolCall]),  # type: ignore[misc]
+                f"messages[{i}].tool_calls",
+            )
+    if isinstance(choice, p.NamedToolChoice) and choice.function.name not in {
+        t.function.name for t in tools
+    }:
+        raise InvalidRequest(
+            f"tool_choice names the function `{choice.function.name}`, which is not in tools.",
+            param="tool_choice",
+            code="invalid_value",
+        )

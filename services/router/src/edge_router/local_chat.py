@@ -2,7 +2,8 @@
 
 The admission slot is held until the generation ends, streams included. The first event is
 awaited before answering: a worker that fails before its first token (gone, overloaded)
-makes `run` raise, so that the chat service can fall back. A model no worker serves any more
+makes `run` raise, so that the chat service can fall back; so does a model that could not
+keep to the answer's format (`invalid_output`: BadGateway). A model no worker serves any more
 is marked down in the catalog at once.
 """
 
@@ -17,12 +18,13 @@ from edge_router import protocol as p
 from edge_router.admission import Admission
 from edge_router.answers import UsageSink, chunks, collect, started
 from edge_router.caller import Caller, Watcher
-from edge_router.errors import Unavailable
+from edge_router.errors import ApiError, BadGateway, Unavailable
 from edge_router.llm_client import Events, LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.translate import to_wire
 
 _json = msgspec.json.Encoder()
+INVALID_OUTPUT = "the local model's answer did not follow response_format or tool_choice, twice"
 
 
 class LocalChat:
@@ -50,7 +52,14 @@ class LocalChat:
                 self._admission.slot(priority=caller.priority, deadline_s=caller.deadline_s)
             )
             watcher.queued(time.perf_counter() - arrived)
-            events = await started(await self._submit(wire_request))
+            try:
+                events = await started(await self._submit(wire_request))
+            except ApiError as exc:
+                if exc.code != "invalid_output":
+                    raise
+                # the model could not keep to the format (no grammar on its runtime): the
+                # answer is what failed, so another route may still serve the request
+                raise BadGateway(INVALID_OUTPUT, code="invalid_output") from None
             if request.stream:
                 return self._stream(
                     wire_request, include_usage, events, held.pop_all(), watcher.counted

@@ -85,6 +85,59 @@ class Grounding(Struct, kw_only=True, forbid_unknown_fields=True):
     score_threshold: float | None = None
 
 
+class FunctionDef(Struct, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    strict: bool | None = None
+
+
+class FunctionTool(Struct, kw_only=True):
+    """An entry of `tools` (read by checks and translate; the request keeps the JSON)."""
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(Struct, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(Struct, kw_only=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+class JsonSchemaSpec(Struct, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str = ""
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct, kw_only=True):
+    """`response_format`, as read by checks and translate."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class CalledFunction(Struct, kw_only=True):
+    name: str
+    arguments: str
+
+
+class AssistantToolCall(Struct, kw_only=True):
+    """An entry of an assistant message's `tool_calls`, as read by translate."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatCompletionRequest(Struct, kw_only=True):
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
@@ -130,10 +183,24 @@ class Usage(Out, kw_only=True):
     total_tokens: int
 
 
+class FunctionCall(Out, kw_only=True):
+    name: str
+    arguments: str
+    """A JSON object, as text."""
+
+
+class ToolCall(Out, kw_only=True):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(Out, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
+    """Present only when the model called tools (content is null then, or its text)."""
 
 
 class Choice(Out, kw_only=True):
@@ -153,9 +220,25 @@ class ChatCompletion(Out, kw_only=True):
     system_fingerprint: str | None = None
 
 
+class ChunkFunction(Out, omit_defaults=True, kw_only=True):
+    arguments: str
+    """Always sent (no default): "" with the name, then the arguments in pieces."""
+    name: str | None = None
+
+
+class ChunkToolCall(Out, omit_defaults=True, kw_only=True):
+    """A piece of a streamed tool call: index, id, type and name first, then arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction
+
+
 class ChunkDelta(Out, omit_defaults=True, kw_only=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(Out, kw_only=True):
@@ -175,6 +258,14 @@ class ChatCompletionChunk(Out, kw_only=True):
     usage: Usage | None = None
 
 
+class ModelCapabilities(Out, kw_only=True):
+    vision: bool = False
+    tools: bool = False
+    json: bool = False
+    """`response_format` json_object / json_schema."""
+    embeddings: bool = False
+
+
 class ModelObject(Out, kw_only=True):
     id: str
     object: Literal["model"] = "model"
@@ -187,6 +278,15 @@ class ModelObject(Out, kw_only=True):
     POST /v1/embeddings)."""
     dimension: int | None = None
     """Extension: an embedding model's vector size."""
+    context_window: int | None = None
+    """Extension: a chat model's context window in tokens (None: unknown, a cloud's)."""
+    capabilities: ModelCapabilities | None = None
+    """Extension: what a chat or embedding model takes beyond text (None: an alias)."""
+    runs_on: Literal["npu", "cpu", "cloud"] | None = None
+    """Extension: where the model runs (None: an alias, decided per request)."""
+    loaded: bool | None = None
+    """Extension: a local model is resident now (no load before its first token);
+    None for cloud models and aliases."""
 
 
 class ModelList(Out, kw_only=True):

@@ -16,7 +16,7 @@ router -> `llm.alive.<instance>` (alive_subject): after a second without events,
           still finishes what it holds.)
 """
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -30,9 +30,40 @@ MAX_STOP_CHARS: Final = 512
 """Longest stop string (characters): the worker matches every stop against each token."""
 
 
+class ToolCall(Wire):
+    """A call the assistant made (in a message of the conversation)."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments, a JSON object as text (as OpenAI carries them)."""
+
+
 class ChatMessage(Wire):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    """An assistant message's calls."""
+    tool_call_id: str = ""
+    """A tool message: the call it answers."""
+
+
+class Tool(Wire):
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    """JSON Schema of the arguments object."""
+
+
+class ResponseFormat(Wire):
+    """OpenAI's `response_format` when it asks for JSON (`text` is plain chat: None)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    """json_schema: the schema the answer must validate against."""
+    strict: bool = False
 
 
 class ChatRequest(Wire, tag="chat", kw_only=True):
@@ -51,10 +82,26 @@ class ChatRequest(Wire, tag="chat", kw_only=True):
         msgspec.Meta(max_length=MAX_STOPS),
     ] = msgspec.field(default_factory=list)
     seed: INT64 | None = None
+    tools: list[Tool] = msgspec.field(default_factory=list)
+    tool_choice: Literal["auto", "none", "required", "named"] = "auto"
+    """`named`: a call of `tool_name`, and nothing else."""
+    tool_name: str = ""
+    response_format: ResponseFormat | None = None
+
+
+class ToolCallPiece(Wire):
+    """A piece of a tool call the model is making, as OpenAI streams them: the first piece
+    of call `index` names its id and function, the following ones add to its arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 class Delta(Wire, tag="delta"):
     text: str
+    tool_calls: list[ToolCallPiece] = msgspec.field(default_factory=list)
     n: int = 0
     """1, 2, 3... over a request's Deltas and its Done. NATS delivers at most once: a gap
     means events were lost (a NATS restart), and the router ends the request with an error
@@ -62,7 +109,7 @@ class Delta(Wire, tag="delta"):
 
 
 class Done(Wire, tag="done"):
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
     n: int = 0

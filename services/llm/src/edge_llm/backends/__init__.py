@@ -8,7 +8,7 @@ strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_co
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from edge_common.protocol.llm import ChatMessage
+from edge_common.protocol.llm import ChatMessage, Tool
 from edge_common.wire import ModelCard
 
 from edge_llm.backends.base import RuntimeUsage, Sampling
@@ -18,6 +18,8 @@ from edge_llm.backends.rkllm import RkllmBackend, RkllmModel
 
 class Backend(Protocol):
     kind: str
+    grammars: bool
+    """Whether `stream` follows Sampling.grammar."""
     card: ModelCard
     spec: "ModelSpec"
     footprint_mb: int
@@ -35,8 +37,8 @@ class Backend(Protocol):
 
     def unload(self) -> None: ...
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        """The model's chat template applied to `messages`, tokenized."""
+    def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] = []) -> list[int]:  # noqa: B006
+        """The model's chat template applied to `messages` offering `tools`, tokenized."""
         ...
 
     def stream(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[str | RuntimeUsage]:

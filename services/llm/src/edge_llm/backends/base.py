@@ -1,6 +1,7 @@
 """Values passed between the generation layer and every backend."""
 
 import msgspec
+from edge_common.protocol.llm import Tool
 
 
 class RuntimeUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -15,6 +16,13 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True):
     top_p: float
     seed: int | None
     max_new_tokens: int
+    grammar: str = ""
+    """GBNF the output must follow (edge_llm.structured); only backends with `grammars`."""
+    tools: list[Tool] = []
+    """Functions offered to the model (the prompt offers them too), for a runtime that
+    takes them itself (RKLLM's rkllm_set_function_tools)."""
+    system: str = ""
+    """The conversation's system message, for the same runtime call."""
 
 
 class ModelSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,8 +2,10 @@
 
 The prompt is the model's own chat template (GGUF metadata `tokenizer.chat_template`),
 rendered and tokenized exactly as llama-cpp-python's chat handler does, so token counts
-agree with llama.cpp's server. The vocabulary is loaded at once (cheap: prompts can be
-checked whether or not the model is resident); the weights by `load()`.
+agree with llama.cpp's server; tools go to the template as edge_llm.tool_calls says. A
+request's grammar (edge_llm.structured) constrains sampling. The vocabulary is loaded at
+once (cheap: prompts can be checked whether or not the model is resident); the weights by
+`load()`.
 """
 
 import codecs
@@ -16,14 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import llama_cpp
-import msgspec
-from edge_common.protocol.llm import ChatMessage
-from edge_common.wire import ModelCard
+from edge_common.protocol.llm import ChatMessage, Tool
+from edge_common.wire import Capabilities, ModelCard
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edge_llm.backends.base import ModelSettings
+from edge_llm.structured import parsed
 from edge_llm.threads import iterate_in_thread
+from edge_llm.tool_calls import is_native, template_inputs
 
 if TYPE_CHECKING:
     from edge_llm.backends.base import Sampling
@@ -59,6 +62,7 @@ class LlamaCppModel(ModelSettings, frozen=True, kw_only=True, tag="llamacpp", ta
 
 class LlamaCppBackend:
     kind: Literal["llamacpp"] = "llamacpp"
+    grammars = True
 
     def __init__(self, spec: LlamaCppModel) -> None:
         self._path = path = Path(spec.path) if spec.path else bundled_model()
@@ -73,6 +77,7 @@ class LlamaCppBackend:
         if not template:
             raise ValueError(f"model {spec.id}: {path} has no chat template; set chat_template")
         eos, bos = self._vocab.token_eos(), self._vocab.token_bos()
+        self._native_tools = is_native(template)
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=self._token_text(eos),
@@ -82,7 +87,11 @@ class LlamaCppBackend:
         self._eog: Callable[[int], bool] = lambda token: llama_cpp.llama_vocab_is_eog(vocab, token)
         self.spec = spec
         self.card = ModelCard(
-            id=spec.id, context_length=spec.context_length, created=int(path.stat().st_mtime)
+            id=spec.id,
+            context_length=spec.context_length,
+            created=int(path.stat().st_mtime),
+            # grammars make JSON answers and forced calls valid by construction
+            capabilities=Capabilities(tools=True, json_output=True),
         )
         self.footprint_mb = spec.memory_mb or round(path.stat().st_size * 1.2 / 2**20)
 
@@ -114,8 +123,9 @@ class LlamaCppBackend:
     def _token_text(self, token: int) -> str:
         return self._vocab.detokenize([token], special=True).decode() if token >= 0 else ""
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        rendered = self._formatter(messages=[msgspec.structs.asdict(m) for m in messages])
+    def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] = []) -> list[int]:  # noqa: B006
+        turns, offered = template_inputs(messages, tools, self._native_tools)
+        rendered = self._formatter(messages=turns, tools=offered)  # type: ignore[arg-type]
         return self._vocab.tokenize(
             rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
         )
@@ -135,7 +145,11 @@ class LlamaCppBackend:
             # Tokens can split a UTF-8 character: decode incrementally, emit what is whole.
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             tokens = llm.generate(
-                prompt, temp=sampling.temperature, top_p=sampling.top_p, reset=True
+                prompt,
+                temp=sampling.temperature,
+                top_p=sampling.top_p,
+                reset=True,
+                grammar=parsed(sampling.grammar) if sampling.grammar else None,
             )
             self._stop = stop
             ended = False  # by the model or the budget, not by an abort or an error

@@ -3,7 +3,9 @@
 We apply the model's own chat template (Jinja, from its tokenizer_config.json) and tokenize
 with its tokenizer.json, so prompt lengths are exact and the context window is enforced
 before the library sees anything; the runtime gets token input and adds no template of its
-own. `rkllm_run` runs in a thread; the result callback hands each token to asyncio; closing
+own. Tools reach the runtime's function calling (`rkllm_set_function_tools`) and the
+prompt alike; JSON answers cannot be constrained here (no grammars), so edge_llm.generation
+checks them. `rkllm_run` runs in a thread; the result callback hands each token to asyncio; closing
 the stream calls `rkllm_abort`. Usage comes from the runtime's perf stats.
 
 Every run discards its history (keep_history=0), but rkllm.h promises that only for a run
@@ -12,26 +14,33 @@ so that nothing of it reaches the next request.
 """
 
 import ctypes
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import msgspec
 import structlog
-from edge_common.protocol.llm import ChatMessage
-from edge_common.wire import ModelCard
+from edge_common.protocol.llm import ChatMessage, Tool
+from edge_common.wire import Capabilities, ModelCard
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from edge_llm.backends import rkllm_abi as abi
 from edge_llm.backends.base import ModelSettings, RuntimeUsage
 from edge_llm.threads import iterate_in_thread
+from edge_llm.tool_calls import is_native, openai_tools, template_inputs
 
 if TYPE_CHECKING:
     from edge_llm.backends.base import Sampling
 
 log = structlog.get_logger(__name__)
+TOOL_RESPONSE_TAG = b"tool_response"
+"""How tool results are marked in our prompts (edge_llm.tool_calls: <tool_response>)."""
+
+
+def _tojson(value: object, ensure_ascii: bool = False, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
 
 
 class RkllmError(RuntimeError):
@@ -70,16 +79,24 @@ class RkllmModel(ModelSettings, frozen=True, kw_only=True, tag="rkllm", tag_fiel
 
 class RkllmBackend:
     kind: Literal["rkllm"] = "rkllm"
+    grammars = False  # JSON answers and forced calls are checked instead (edge_llm.generation)
     computed_at = 0.0  # the runtime shows progress only by its tokens
 
     def __init__(self, spec: RkllmModel) -> None:
         self.spec = spec
         self._tokenizer = Tokenizer.from_file(spec.tokenizer)
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self._template.filters["tojson"] = _tojson  # as transformers renders templates
         self._render = self._template.from_string(spec.chat_template)
+        self._native_tools = is_native(spec.chat_template)
         size = Path(spec.path).stat().st_size
         self.card = ModelCard(
-            id=spec.id, context_length=spec.context_length, owned_by="edge-npu", device="npu"
+            id=spec.id,
+            context_length=spec.context_length,
+            owned_by="edge-npu",
+            device="npu",
+            # JSON answers are checked and retried once, else the router may use the cloud
+            capabilities=Capabilities(tools=True, json_output=True),
         )
         self.footprint_mb = spec.memory_mb or round(size * 1.1 / 2**20)
         self._lib: ctypes.CDLL | None = None
@@ -89,6 +106,7 @@ class RkllmBackend:
         self._emit: Callable[[object], None] | None = None
         self._failed = False
         self._dirty = False  # the KV cache may hold an aborted or failed run's context
+        self._tools_set = False  # the runtime holds function tools from an earlier run
         self._save_cache = bool(spec.prompt_cache) and not Path(spec.prompt_cache).exists()
 
     @property
@@ -133,14 +151,29 @@ class RkllmBackend:
             self._lib.rkllm_destroy(self._handle)
             self._lib = None
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+    def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] = []) -> list[int]:  # noqa: B006
+        turns, offered = template_inputs(messages, tools, self._native_tools)
         text = self._render.render(
-            messages=[msgspec.structs.asdict(m) for m in messages],
+            messages=turns,
+            tools=offered,
             bos_token=self.spec.bos_token,
             eos_token=self.spec.eos_token,
             add_generation_prompt=True,
         )
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _set_tools(self, lib: ctypes.CDLL, sampling: "Sampling") -> None:
+        """The runtime's own function calling gets this run's tools (and loses an earlier
+        run's): our prompt offers them too, in the model's template."""
+        if not sampling.tools and not self._tools_set:
+            return
+        tools = json.dumps(openai_tools(sampling.tools)) if sampling.tools else ""
+        tag = TOOL_RESPONSE_TAG if sampling.tools else b""
+        system = sampling.system.encode()
+        rc = lib.rkllm_set_function_tools(self._handle, system, tools.encode(), tag)
+        if rc != 0:
+            raise RkllmError(f"rkllm_set_function_tools failed ({rc})")
+        self._tools_set = bool(sampling.tools)
 
     def _on_result(self, result: "ctypes._Pointer[abi.RKLLMResult]", _: int, state: int) -> int:
         """Called by the runtime, on its threads; never raises into C."""
@@ -173,6 +206,7 @@ class RkllmBackend:
                 if rc != 0:
                     raise RkllmError(f"rkllm_clear_kv_cache failed ({rc})")
                 self._dirty = False
+            self._set_tools(lib, sampling)
             ids = (ctypes.c_int32 * len(prompt))(*prompt)
             request = abi.RKLLMInput(role=b"user", enable_thinking=False)
             request.input_type = abi.RKLLM_INPUT_TOKEN

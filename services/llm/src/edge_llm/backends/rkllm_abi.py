@@ -233,6 +233,9 @@ def load(path: str) -> ctypes.CDLL:
         "rkllm_is_running": ([LLMHandle], c_int),
         "rkllm_clear_kv_cache": ([LLMHandle, c_int, POINTER(c_int), POINTER(c_int)], c_int),
         "rkllm_set_chat_template": ([LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
+        # (handle, system_prompt, tools: a JSON array, tool_response_str: the tag that marks
+        # tool results in the conversation)
+        "rkllm_set_function_tools": ([LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
         "rkllm_load_prompt_cache": ([LLMHandle, c_char_p], c_int),
         "rkllm_release_prompt_cache": ([LLMHandle], c_int),
     }
