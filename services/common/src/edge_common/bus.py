@@ -108,7 +108,10 @@ async def connect(
         yield nc
     finally:
         if not nc.is_closed:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except nats.errors.Error:  # the bus is away (reconnecting): nothing to drain to
+                await nc.close()
 
 
 @asynccontextmanager
