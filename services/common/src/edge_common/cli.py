@@ -1,4 +1,5 @@
-"""`edge-ai`: run the whole stack locally (`up`); check the board (`doctor`)."""
+"""`edge-ai`: run the whole stack locally (`up`); check the board (`doctor`); show the
+router's status (`status`)."""
 
 import argparse
 import fcntl
@@ -188,6 +189,12 @@ def main() -> None:
         pass
     else:
         add_rag_commands(commands)
+    try:  # `edge-ai status`, where the router is installed
+        from edge_router.status_cli import add_status_command
+    except ImportError:
+        pass
+    else:
+        add_status_command(commands)
     args = parser.parse_args()
     sys.exit(args.func(args))
 

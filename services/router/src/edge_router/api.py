@@ -353,14 +353,14 @@ async def health(
         "npu": {
             "temperature_c": temp,
             "thermal_zone": zone.type if zone else None,
-            "thermal_state": _thermal_state(temp, settings.policy),
+            "thermal_state": thermal_state(temp, settings.policy),
             "load_percent": npu_load(sysfs),
             "freq_mhz": npu_freq_mhz(sysfs),
         },
     }
 
 
-def _thermal_state(celsius: float | None, policy: PolicySettings) -> str:
+def thermal_state(celsius: float | None, policy: PolicySettings) -> str:
     if celsius is None:
         return "unknown"
     if celsius >= policy.critical_temp_c:

@@ -25,6 +25,7 @@ from edge_router.api import (
 from edge_router.auth import Auth
 from edge_router.chat import ChatService
 from edge_router.cloud import CloudClient
+from edge_router.difficulty.judge import Judge
 from edge_router.errors import exception_handlers
 from edge_router.grounding import Grounder
 from edge_router.image_text import ImageText
@@ -47,6 +48,7 @@ from edge_router.rag import (
 from edge_router.ratelimit import RateLimits
 from edge_router.request_id import RequestIdMiddleware
 from edge_router.settings import RouterSettings
+from edge_router.status import History, Traffic, status, status_page
 from edge_router.vision import VisionClient, detect
 
 EXPOSED = [  # response headers a browser app may read (CORS)
@@ -95,10 +97,15 @@ def create_app(settings: RouterSettings) -> Litestar:
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
             admission = Admission(depth=settings.queue_depth, concurrency=lambda: catalog.instances)
+            history = History(admission, Path(settings.sysfs_root), settings.status_sample_s)
+            sampler = asyncio.create_task(history.run())
+            stack.callback(sampler.cancel)
             live = LiveState(admission, cloud, Path(settings.sysfs_root), settings.supervisor_file)
             REGISTRY.register(live)
             stack.callback(REGISTRY.unregister, live)
             app.state.update(
+                traffic=traffic,
+                history=history,
                 limits=RateLimits(),
                 vision=vision,
                 images=images,
@@ -118,6 +125,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                     settings.limits,
                     ImageText(vision, images),
                     Grounder(rag, catalog),
+                    Judge(rag, settings.policy.difficulty_budget_ms / 1e3),
                 ),
             )
             yield
@@ -128,6 +136,7 @@ def create_app(settings: RouterSettings) -> Litestar:
 
         return Provide(provide, sync_to_thread=False)
 
+    traffic = Traffic()
     auth = (
         Auth(KeyStore(Path(settings.keys_file)), protect_metrics=settings.protect_metrics)
         if settings.keys_file
@@ -149,12 +158,14 @@ def create_app(settings: RouterSettings) -> Litestar:
             get_collection,
             delete_collection,
             delete_document,
+            status,
+            status_page,
             *OLLAMA_ROUTES,
         ],
         before_request=auth,
         request_max_body_size=int(settings.limits.max_body_mb * 2**20),
         lifespan=[lifespan],
-        middleware=[RequestIdMiddleware()],
+        middleware=[RequestIdMiddleware(), traffic],
         dependencies={
             **{name: from_state(name) for name in PROVIDED},
             "settings": Provide(lambda: settings, sync_to_thread=False),

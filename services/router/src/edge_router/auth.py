@@ -1,4 +1,5 @@
-"""Bearer API keys on every endpoint but /health, /schema and (unless protected) /metrics.
+"""Bearer API keys on every endpoint but /health, /schema, the status page's HTML and (unless
+protected) /metrics.
 
 401 when the key is missing, unknown or revoked; 403 when it lacks the endpoint's scope.
 The key's name (never the key) is bound to the request's logs.
@@ -19,12 +20,15 @@ SCOPE = {
     "/v1/embeddings": "embeddings",
     "/v1/rag/search": "rag:read",
     "/v1/rag/ingest": "rag:write",
+    "/v1/status": "status",
     # the Ollama API (edge_router.ollama); its other paths take any valid key
     "/api/chat": "chat",
     "/api/generate": "chat",
     "/api/embed": "embeddings",
     "/api/embeddings": "embeddings",
 }
+PAGES = ("/",)
+"""Served without a key: the status page holds no data, it asks for a key itself."""
 COLLECTIONS = "/v1/rag/collections"
 """Reading them takes `rag:read`, deleting `rag:write`."""
 
@@ -55,7 +59,7 @@ class Auth:
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
         """Litestar before_request hook."""
         path = request.url.path
-        if path.startswith(self.open_paths):
+        if path in PAGES or path.startswith(self.open_paths):
             return
         record = self.check(request.headers.get("authorization", ""), request.method, path)
         request.state.key = record

@@ -4,7 +4,9 @@ Pure of HTTP: returns a Routed value whose body is either one JSON document or a
 iterator of SSE payloads (JSON bytes); api.py frames them. Local answers are built from
 the llm wire events (local_chat.py); cloud answers are the upstream's bytes, relayed unchanged.
 The routing state gathers the local catalog, the admission queue, the NPU's temperature and
-the cloud's open breakers for the policy (policy.py), which decides.
+the cloud's open breakers for the policy (policy.py), which decides; for `auto`, the prompt's
+difficulty comes from the classifier over its embedding (edge_router.difficulty), asked of
+the rag worker here so that the policy stays a pure function.
 """
 
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from edge_router.answers import usage_taken
 from edge_router.caller import Caller, Watcher
 from edge_router.checks import check
 from edge_router.cloud import CloudClient
+from edge_router.difficulty.judge import Judge, Judgement
 from edge_router.errors import ApiError, BadGateway, Unavailable
 from edge_router.grounding import Citation, Grounder
 from edge_router.image_text import ImageText
@@ -57,6 +60,7 @@ class ChatService:
         limits: InputLimits,
         image_text: ImageText,
         grounder: Grounder,
+        judge: Judge | None = None,
     ) -> None:
         self._local = LocalChat(llm, catalog, admission)
         self._image_text = image_text
@@ -68,6 +72,7 @@ class ChatService:
         self._sysfs_root = sysfs_root
         self._local_only = local_only
         self._limits = limits
+        self._judge = judge
 
     async def state(self, model: str, caller: Caller) -> policy.State:
         """What the policy decides on: the local catalog (refreshed at once when `model` is
@@ -95,18 +100,32 @@ class ChatService:
             local_only=caller.local_only or self._local_only,
         )
 
+    async def _features(
+        self, request: p.ChatCompletionRequest, state: policy.State, request_id: str = ""
+    ) -> tuple[policy.Features, Judgement | None]:
+        """The request's features, with the classifier's difficulty when `auto` could send it
+        to the cloud (else no embedding is asked for: nothing would change)."""
+        features = policy.features_of(request)
+        if self._judge is None or request.model != "auto":
+            return features, None
+        if state.local_only or not state.cloud.models:
+            return features, None
+        judgement = await self._judge.judge(policy.embedding_text(request), request_id)
+        return msgspec.structs.replace(features, difficulty=judgement.probability), judgement
+
     def validate(self, request: p.ChatCompletionRequest) -> None:
         """What no target accepts (checks.check): before anything counts the request."""
         check(request, self._limits)
 
     async def explain(self, request: p.ChatCompletionRequest, caller: Caller) -> dict[str, Any]:
         """Where a validated request would go, and why."""
-        features = policy.features_of(request)
         state = await self.state(request.model, caller)
+        features, judgement = await self._features(request, state)
         score, named = policy.complexity(features, self._policy)
         out: dict[str, Any] = {
             "features": features,
             "complexity": {"score": score, "from": named, "threshold": self._policy.hard_score},
+            "difficulty": _explained(features, judgement, self._policy),
             "state": state,
         }
         try:
@@ -134,8 +153,8 @@ class ChatService:
             request, raw, citations = grounded.request, grounded.raw, grounded.citations
             if grounded.local_only:  # a local-only key's documents never leave the board
                 caller = msgspec.structs.replace(caller, local_only=True)
-        features = policy.features_of(request)
         state = await self.state(request.model, caller)
+        features, _ = await self._features(request, state, request_id)
         decision = policy.decide(request.model, features, state, self._policy)
         try:
             return Routed(
@@ -188,3 +207,19 @@ class ChatService:
         if d.detector:
             request = await self._image_text.described(request, d.detector, request_id)
         return await self._local.run(request, d.model, request_id, caller, watcher)
+
+
+def _explained(
+    f: policy.Features, judgement: Judgement | None, cfg: PolicySettings
+) -> dict[str, Any]:
+    """The difficulty part of /v1/route/explain: the signal used, its value and threshold,
+    and why the classifier was not used when it was not."""
+    d = policy.difficulty(f, cfg)
+    out: dict[str, Any] = msgspec.structs.asdict(d)
+    if judgement is None:
+        out["classifier"] = "not asked: only `auto` with a cloud to go to uses it"
+    elif judgement.unavailable:
+        out["classifier"] = f"unavailable, keyword score used: {judgement.unavailable}"
+    else:
+        out["classifier"] = f"{judgement.embedder} embedding in {judgement.embed_ms} ms"
+    return out

@@ -24,8 +24,16 @@ import msgspec
 import structlog
 
 log = structlog.get_logger(__name__)
-Scope = Literal["chat", "embeddings", "vision", "rag:read", "rag:write", "admin"]
-ALL_SCOPES: tuple[Scope, ...] = ("chat", "embeddings", "vision", "rag:read", "rag:write", "admin")
+Scope = Literal["chat", "embeddings", "vision", "rag:read", "rag:write", "status", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = (
+    "chat",
+    "embeddings",
+    "vision",
+    "rag:read",
+    "rag:write",
+    "status",  # the status page's data (GET /v1/status)
+    "admin",
+)
 PREFIX = "sk-edge-"
 
 

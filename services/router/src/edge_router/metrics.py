@@ -30,6 +30,9 @@ QUEUE_WAIT = Histogram(
 )
 TTFT = Histogram("edge_ttft_seconds", "Time to a stream's first token", ["route"], buckets=BUCKETS)
 TOKENS = Counter("edge_tokens", "Tokens processed", ["route", "kind"])
+API_REQUESTS = Counter(  # counted by edge_router.status.Traffic, read by the status page
+    "edge_api_requests", "API requests answered, by endpoint", ["endpoint", "status"]
+)
 
 
 class Observation:

@@ -64,6 +64,8 @@ BODIES = {  # path: (request body schemas by media type, 200 answer schema, its 
         "What each file became; with `stream`, progress events first",
     ),
 }
+STREAMED = ("/v1/rag/ingest",)
+"""Paths that answer server-sent events when asked to stream."""
 TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 EMBED_INPUT = {  # msgspec cannot say it: the body takes `input` as Any and checks it itself
     "anyOf": [
@@ -77,6 +79,17 @@ EMBED_INPUT = {  # msgspec cannot say it: the body takes `input` as Any and chec
 
 def _json(name: str, media: str = "application/json") -> dict[str, OpenAPIMediaType]:
     return {media: OpenAPIMediaType(schema=Reference(f"#/components/schemas/{name}"))}
+
+
+def _events(each: str) -> dict[str, OpenAPIMediaType]:
+    """Server-sent events: `each` data payload as JSON, an error body on a failure, [DONE]."""
+    data = f"{each}; on a failure, an error body; last, [DONE]."
+    event = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["data"],
+        properties={"data": Schema(type=OpenAPIType.STRING, description=data)},
+    )
+    return {"text/event-stream": OpenAPIMediaType(schema=event)}
 
 
 def openapi_config(*, auth: bool) -> OpenAPIConfig:
@@ -135,20 +148,18 @@ def complete(app: Litestar, limits: InputLimits, *, open_paths: tuple[str, ...])
         content = {k: v for media, name in bodies.items() for k, v in _json(name, media).items()}
         operation.request_body = RequestBody(content=content, required=True)
         operation.responses["200"] = OpenAPIResponse(
-            description=description, content=_json(answer_schema)
+            description=description,
+            content={
+                **_json(answer_schema),
+                **(_events("A progress event, then the answer") if path in STREAMED else {}),
+            },
         )
     answer = paths["/v1/chat/completions"].post
     assert answer is not None
     assert answer.responses is not None
-    data = "A ChatCompletionChunk as JSON; on a failure, an error body; last, [DONE]."
-    stream = Schema(  # one server-sent event
-        type=OpenAPIType.OBJECT,
-        required=["data"],
-        properties={"data": Schema(type=OpenAPIType.STRING, description=data)},
-    )
     answer.responses["200"] = OpenAPIResponse(
         description="The completion; with `stream: true`, server-sent events ending in [DONE]",
-        content={**_json("ChatCompletion"), "text/event-stream": OpenAPIMediaType(schema=stream)},
+        content={**_json("ChatCompletion"), **_events("A ChatCompletionChunk as JSON")},
     )
     for path, item in paths.items():
         if path.startswith(open_paths):

@@ -2,9 +2,12 @@
 
     decide(model, features, state, config) -> Decision | raises ApiError
 
-`auto` weighs the prompt (a complexity score from code, math, reasoning markers, long
-output, many turns, non-Latin script) and the board (local service up, NPU temperature,
-queue wait) and picks local or cloud, naming a fallback for when the first choice fails.
+`auto` weighs the prompt and the board (local service up, NPU temperature, queue wait) and
+picks local or cloud, naming a fallback for when the first choice fails. The prompt's
+difficulty is the learned classifier's probability (edge_router.difficulty: its sentence
+embedding, which the caller obtains and puts in Features.difficulty) when there is one, else
+a keyword score (code, math, reasoning markers, non-Latin script); long output and many turns
+count either way.
 `local`, `cloud` and concrete model ids are honoured, or refused with the reason.
 Local-only requests never reach the cloud.
 
@@ -23,6 +26,7 @@ import msgspec
 from edge_common.wire import ModelCard
 
 from edge_router import protocol as p
+from edge_router.difficulty.classifier import classifier
 from edge_router.errors import Forbidden, InvalidRequest, model_not_found, unavailable
 from edge_router.settings import PolicySettings
 
@@ -33,6 +37,10 @@ ALIASES = ("auto", "local", "cloud")
 # not through whole documents: length alone routes those.
 SCAN_HEAD = SCAN_TAIL = 1000
 SCAN_TOTAL = 4000
+# The classifier reads less: the embedder's time grows with tokens (~4 ms for 60, ~17 ms for
+# 256 on the board's CPU), and what is asked sits at the start or the end. Non-Latin scripts
+# spend about a token per character, so they get a quarter of the characters.
+EMBED_HEAD, EMBED_TAIL, EMBED_TOTAL = 240, 80, 400
 
 _CODE = re.compile(
     r"```|^\s*(def|class|import|from \S+ import|#include|public|function|const|let|var)\s"
@@ -82,6 +90,24 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
     logprobs: bool
     max_tokens: int | None
     non_latin: bool
+    difficulty: float | None = None
+    """The difficulty classifier's probability that the prompt needs the cloud model
+    (edge_router.difficulty, over `embedding_text`); None: no embedding, keywords decide."""
+
+
+class Difficulty(msgspec.Struct, frozen=True, kw_only=True):
+    """How hard the prompt is, and from which signal (shown by /v1/route/explain)."""
+
+    hard: bool
+    signal: Literal["classifier", "keywords"]
+    probability: float | None
+    """The classifier's (signal `classifier`)."""
+    threshold: float
+    """The classifier's threshold (signal `classifier`), else the keyword hard_score."""
+    score: float
+    """The keyword score: of long output and many turns only with the classifier."""
+    named: list[str]
+    """What made it hard (empty when it is not)."""
 
 
 class Local(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,16 +179,32 @@ def _mostly_non_latin(text: str) -> bool:
     return bool(letters) and len(_NON_LATIN_LETTER.findall(text)) / letters > 0.5
 
 
-def _scan_window(texts: list[str]) -> str:
-    """Head and tail of each text, newest first, up to SCAN_TOTAL characters."""
+def _scan_window(
+    texts: list[str], head: int = SCAN_HEAD, tail: int = SCAN_TAIL, total: int = SCAN_TOTAL
+) -> str:
+    """Head and tail of each text, newest first, up to `total` characters."""
     parts, size = [], 0
     for t in reversed(texts):
-        part = t if len(t) <= SCAN_HEAD + SCAN_TAIL else f"{t[:SCAN_HEAD]}\n{t[-SCAN_TAIL:]}"
-        parts.append(part[: SCAN_TOTAL - size])
+        part = t if len(t) <= head + tail else f"{t[:head]}\n{t[-tail:]}"
+        parts.append(part[: total - size])
         size += len(parts[-1])
-        if size >= SCAN_TOTAL:
+        if size >= total:
             break
     return "\n".join(parts)
+
+
+def embedding_window(user_texts: list[str]) -> str:
+    """What the difficulty classifier reads of these user messages (oldest first): the head
+    and tail of the newest ones (train.py reads its prompts through this too)."""
+    scale = 4 if _mostly_non_latin("".join(user_texts[-1:])) else 1
+    return _scan_window(
+        user_texts, EMBED_HEAD // scale, EMBED_TAIL // scale, EMBED_TOTAL // scale
+    ).strip()
+
+
+def embedding_text(request: p.ChatCompletionRequest) -> str:
+    """The text of `request` the difficulty classifier reads: its user messages only."""
+    return embedding_window([text_of(m) for m in request.messages if isinstance(m, p.UserMessage)])
 
 
 def _estimate(texts: list[str]) -> int:
@@ -213,30 +255,67 @@ def features_of(request: p.ChatCompletionRequest) -> Features:
     )
 
 
-def complexity(f: Features, cfg: PolicySettings) -> tuple[float, list[str]]:
-    """The prompt's complexity score and what contributed to it."""
+def complexity(
+    f: Features, cfg: PolicySettings, *, content: bool = True
+) -> tuple[float, list[str]]:
+    """The prompt's keyword complexity score and what contributed to it; without `content`
+    only its shape (long output, many turns), which the classifier does not see."""
     parts = [
-        (f.code_request, cfg.weight_code_request, "code generation"),
-        (f.code and not f.code_request, cfg.weight_code, "code"),
-        (f.math, cfg.weight_math, "math"),
-        (
-            f.reasoning_markers > 0,
-            cfg.weight_reasoning * min(f.reasoning_markers, cfg.max_reasoning_markers),
-            "multi-step reasoning",
-        ),
         (
             bool(f.max_tokens and f.max_tokens > cfg.long_output_tokens),
             cfg.weight_long_output,
             "long output",
         ),
-        (f.non_latin, cfg.weight_non_latin, "non-Latin script"),
     ]
+    if content:
+        parts += [
+            (f.code_request, cfg.weight_code_request, "code generation"),
+            (f.code and not f.code_request, cfg.weight_code, "code"),
+            (f.math, cfg.weight_math, "math"),
+            (
+                f.reasoning_markers > 0,
+                cfg.weight_reasoning * min(f.reasoning_markers, cfg.max_reasoning_markers),
+                "multi-step reasoning",
+            ),
+            (f.non_latin, cfg.weight_non_latin, "non-Latin script"),
+        ]
     score = sum(weight for present, weight, _ in parts if present)
     named = [name for present, _, name in parts if present]
     if f.turns > cfg.short_conversation_turns:
         score += (f.turns - cfg.short_conversation_turns) * cfg.weight_per_extra_turn
         named.append(f"{f.turns} turns")
     return score, named
+
+
+def difficulty(f: Features, cfg: PolicySettings) -> Difficulty:
+    """Whether the prompt is hard: by the classifier's probability when there is one (or by
+    its shape: long output, many turns), else by the keyword score."""
+    if f.difficulty is None:
+        score, named = complexity(f, cfg)
+        hard = score >= cfg.hard_score
+        return Difficulty(
+            hard=hard,
+            signal="keywords",
+            probability=None,
+            threshold=cfg.hard_score,
+            score=score,
+            named=named if hard else [],
+        )
+    threshold = cfg.difficulty_threshold
+    if threshold is None:
+        threshold = classifier().threshold
+    score, named = complexity(f, cfg, content=False)
+    named = named if score >= cfg.hard_score else []
+    if f.difficulty >= threshold:
+        named = [f"classifier {f.difficulty:.2f} >= {threshold:.2f}", *named]
+    return Difficulty(
+        hard=bool(named),
+        signal="classifier",
+        probability=f.difficulty,
+        threshold=threshold,
+        score=score,
+        named=named,
+    )
 
 
 def _detector(f: Features, card: ModelCard | None, s: Local) -> str | None:
@@ -376,8 +455,7 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     cloud, no_cloud = _auto_cloud(f, s)
     limit = _local_limits(f, card, detector, cfg) if card else None
     pressure, refused = _local_pressure(s.local, cfg, local_model or "", detector)
-    score, named = complexity(f, cfg)
-    hard = score >= cfg.hard_score
+    judged = difficulty(f, cfg)
 
     local = None
     if local_model and not limit and not refused:
@@ -388,7 +466,7 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
         for r in (
             limit,
             pressure,
-            f"hard prompt ({', '.join(named)})" if hard else None,
+            f"hard prompt ({', '.join(judged.named)})" if judged.hard else None,
             more if detector and f.images_need_more else None,
         )
         if r
@@ -396,7 +474,7 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
     if wants_cloud and cloud:
         return _decision(cloud, wants_cloud, fallback=local)
     if local:
-        reasons = [*wants_cloud, f"but {no_cloud}"] if wants_cloud else ["simple prompt"]
+        reasons = [*wants_cloud, f"but {no_cloud}"] if wants_cloud else [_simple(judged)]
         return _decision(local, [*reasons, *_described(detector)], fallback=cloud)
     # neither side can take it now
     why = "; ".join(r for r in (limit or pressure, no_cloud) if r)
@@ -404,6 +482,12 @@ def _auto(f: Features, s: State, cfg: PolicySettings) -> Decision:
         raise InvalidRequest(f"No model can serve this request: {why}.", code="unsupported")
     wait = min(s.cloud.open_breakers.values(), default=0.0)
     raise unavailable(f"No model can serve this request now: {why}.", retry_after=wait)
+
+
+def _simple(d: Difficulty) -> str:
+    if d.probability is None:
+        return "simple prompt"
+    return f"simple prompt (classifier {d.probability:.2f} < {d.threshold:.2f})"
 
 
 def _decision(choice: Choice, reasons: list[str], fallback: Choice | None) -> Decision:

@@ -1,5 +1,7 @@
 """Settings of the router (`EDGE_ROUTER_*`, see edge_common.settings)."""
 
+from typing import Annotated
+
 import msgspec
 from edge_common.settings import ServiceSettings
 
@@ -63,6 +65,13 @@ class PolicySettings(msgspec.Struct, frozen=True, kw_only=True):
     """User turns a conversation may have before each further one adds to the score."""
     weight_non_latin: float = 0.3
     """Score when most letters are outside the Latin script (small models are weaker there)."""
+    difficulty_threshold: float | None = None
+    """Classifier probability from which a prompt goes to the cloud (lower: more to the cloud,
+    better answers at more cost); None: the threshold trained with the weights
+    (edge_router/difficulty/weights.json). The keyword score above is the fallback."""
+    difficulty_budget_ms: float = 50.0
+    """Longest wait for the prompt's embedding from the rag worker; past it (or with no rag
+    worker) the keyword score decides."""
     local_prompt_share: float = 0.75
     """A prompt longer than this share of the local context window goes to the cloud."""
     warn_temp_c: float = 75.0
@@ -137,3 +146,5 @@ class RouterSettings(ServiceSettings, frozen=True, kw_only=True):
     supervisor_file: str = ""
     """Status file of the supervisor that runs this stack (`edge-ai up` sets it), shown in
     /health and /metrics; empty = not supervised."""
+    status_sample_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """How often the status page's NPU and queue charts take a sample (15 minutes kept)."""
