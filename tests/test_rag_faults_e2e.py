@@ -84,3 +84,36 @@ def test_kill_9_mid_ingest_ends_the_stream_and_reingest_stores_each_chunk_once(s
         ).json()["hits"]
         assert hits[0]["source"] == "bees.md"
     rag.proc.stop()
+
+
+def test_a_client_that_leaves_a_plain_ingest_cancels_it(stack, wait_for) -> None:
+    """A non-streamed ingest whose client gives up (read timeout) is cancelled on the
+    worker (ingests run one at a time: a left-over one would hold the next for a minute)."""
+    router, _, _ = stack
+    big = "\n\n".join(f"Paragraph {i}: " + "lava cools into basalt. " * 40 for i in range(2000))
+    with httpx.Client(base_url=router.url) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(
+                "/v1/rag/ingest",
+                files=[("file", ("big.md", big.encode(), "text/markdown"))],
+                data={"collection": "left"},
+                timeout=2,
+            )
+        started = time.monotonic()
+        small = client.post(
+            "/v1/rag/ingest",
+            files=[("file", ("bees.md", (CORPUS / "bees.md").read_bytes(), "text/plain"))],
+            data={"collection": "left"},
+            timeout=60,
+        )
+        waited = time.monotonic() - started
+        assert small.status_code == 200, small.text
+        assert waited < 15, waited  # the left ingest (minutes of work) was stopped
+
+        # the cancelled one's pending chunks are taken back out as its last batch ends
+        def only_bees() -> dict | None:
+            listed = client.get("/v1/rag/collections/left").json()
+            return listed if [d["source"] for d in listed["documents"]] == ["bees.md"] else None
+
+        listed = wait_for(only_bees, 15)
+        assert listed["chunks"] == listed["documents"][0]["chunks"]

@@ -80,10 +80,19 @@ def test_finds_the_objects_in_sample_photos(gateway: Any, image: str, labels: se
         ({"image": base64.b64encode(b"plain text").decode()}, 400, "image", "invalid_image"),
         ({"image": "aGk=", "score_threshold": 2}, 400, "score_threshold", "invalid_value"),
         ({"image": TINY_PNG, "model": "yolo-nope"}, 404, "model", "model_not_found"),
+        ({"image": TINY_PNG, "model": "m" * 5000}, 404, "model", "model_not_found"),
         ({"image": "A" * (8 * 2**20)}, 413, None, None),
         ({}, 400, "image", "missing_required_parameter"),
     ],
-    ids=["not-base64", "not-an-image", "threshold", "unknown-model", "huge", "no-image"],
+    ids=[
+        "not-base64",
+        "not-an-image",
+        "threshold",
+        "unknown-model",
+        "huge-model-name",
+        "huge",
+        "no-image",
+    ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(
     gateway: Any, body: dict, status: int, param: str | None, code: str | None

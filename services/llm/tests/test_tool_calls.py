@@ -1,6 +1,8 @@
 """The tool-call parser (edge_llm.tool_calls), the prompt rendering of tools, and grammars."""
 
+import functools
 import json
+import time
 
 import msgspec
 import pytest
@@ -147,6 +149,28 @@ def test_grammars_follow_the_request() -> None:
     )
     assert '"\\"n\\""' in as_json
     assert structured.grammar(_with(base, tools=[WEATHER])) == ""  # auto: free text
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": 100_000_000},  # once: gigabytes and a stalled worker
+        {"type": "array", "maxItems": 10**9},
+        {"$defs": {"n": {"properties": {"c": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"},
+        {"$ref": "#/nowhere"},
+        functools.reduce(lambda inner, _: {"type": "array", "items": inner}, range(40), {}),
+    ],
+    ids=["huge-min-length", "huge-max-items", "recursive-ref", "dangling-ref", "40-deep"],
+)
+def test_absurd_schemas_are_refused_at_once(schema: dict) -> None:
+    """A schema whose grammar would be huge, recursive, dangling or deeply nested is refused
+    (a 400 at the router) before anything is built from it."""
+    base = ChatRequest(request_id="r", model="m", messages=[ChatMessage(role="user", content="x")])
+    fmt = ResponseFormat(type="json_schema", schema=schema)
+    started = time.perf_counter()
+    with pytest.raises(structured.UnusableSchema):
+        structured.grammar(_with(base, response_format=fmt))
+    assert time.perf_counter() - started < 1.0
 
 
 def _with(request: ChatRequest, **changes: object) -> ChatRequest:

@@ -6,6 +6,8 @@ one place that knows how to reach the bus.
 
 import asyncio
 import contextlib
+import os
+import signal
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -82,6 +84,13 @@ async def connect(
         log.info("nats.reconnected")
         await _tell(connecting.result(), "reconnect")
 
+    leaving = False
+
+    async def closed() -> None:
+        if not leaving:  # nats-py gave up for good (a protocol error): start afresh
+            log.error("nats.closed", action="stopping for the supervisor to restart us")
+            os.kill(os.getpid(), signal.SIGTERM)
+
     connecting = asyncio.ensure_future(
         nats.connect(
             url,
@@ -91,6 +100,7 @@ async def connect(
             error_cb=on_error,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
+            closed_cb=closed,
         )
     )
     await asyncio.wait(
@@ -107,6 +117,7 @@ async def connect(
     try:
         yield nc
     finally:
+        leaving = True
         if not nc.is_closed:
             try:
                 await nc.drain()

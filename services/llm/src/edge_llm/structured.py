@@ -34,12 +34,43 @@ class UnusableSchema(ValueError):
     """A schema (of response_format or a tool) no grammar can be made of."""
 
 
+MAX_REPEAT = 4096
+"""Largest length or count bound a schema may set: llama.cpp expands a bound into that many
+grammar rules (minLength 10**8 took gigabytes and stalled the worker)."""
+MAX_DEPTH = 32
+MAX_GRAMMAR_CHARS = 200_000
+_BOUNDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+
+
+def _check_bounds(node: object, depth: int = 0) -> None:
+    """UnusableSchema if `node` nests deeper than MAX_DEPTH or bounds beyond MAX_REPEAT."""
+    if depth > MAX_DEPTH:
+        raise UnusableSchema(f"the schema nests deeper than {MAX_DEPTH} levels")
+    if isinstance(node, dict):
+        for key in _BOUNDS:
+            if isinstance(bound := node.get(key), int) and bound > MAX_REPEAT:
+                raise UnusableSchema(f"{key} {bound} is above the {MAX_REPEAT} this server takes")
+        children: Any = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return
+    for child in children:
+        _check_bounds(child, depth + 1)
+
+
 def _gbnf(schema: dict[str, Any], prop_order: list[str] | None = None) -> str:
+    _check_bounds(schema)
     try:
         gbnf = json_schema_to_gbnf(json.dumps(schema), prop_order=prop_order)
+    except Exception as exc:  # user input into a third-party converter
+        # it asserts what it does not support and trips on much else (recursive $refs...)
+        raise UnusableSchema(str(exc) or type(exc).__name__) from None
+    if len(gbnf) > MAX_GRAMMAR_CHARS:
+        raise UnusableSchema(f"its grammar is larger than {MAX_GRAMMAR_CHARS} characters")
+    try:
         parsed(gbnf)
-    except (AssertionError, AttributeError, TypeError, ValueError, RecursionError) as exc:
-        # the converter asserts what it does not support (and trips on non-objects)
+    except Exception as exc:  # llama.cpp refuses a grammar it cannot use
         raise UnusableSchema(str(exc) or type(exc).__name__) from None
     return gbnf
 

@@ -1,10 +1,9 @@
 """HTTP surface: OpenAI-compatible endpoints, the route explainer and /health. Framing only."""
 
-import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import structlog
@@ -23,13 +22,13 @@ from edge_router.cloud import CloudClient
 from edge_router.errors import (
     ERROR_RESPONSES,
     ApiError,
-    ClientGone,
     Forbidden,
     InvalidRequest,
     decoded,
     invalid_body,
     model_not_found,
 )
+from edge_router.gone import unless_gone
 from edge_router.grounding import with_citations
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
@@ -39,7 +38,6 @@ from edge_router.request_id import request_id_of
 from edge_router.settings import PolicySettings, RouterSettings
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 LOCAL_ONLY_HEADER = "x-edge-local-only"
 COMPLETION_ESTIMATE = 256
 """Tokens a request that names no max_tokens is assumed to use, for tokens-per-minute."""
@@ -91,26 +89,6 @@ def caller_of(request: Request[Any, Any, Any], settings: RouterSettings) -> Call
         priority=key.priority if key else int(_number(request, "x-edge-priority") or 0),
         deadline_s=deadline or settings.default_deadline_s or None,
     )
-
-
-async def _until_disconnected(request: Request[Any, Any, Any]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_gone(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (queued requests included)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not task.done():
-        task.cancel()
-        log.info("router.client_gone")
-        raise ClientGone("The client closed the connection.")
-    return task.result()
 
 
 def _cited(routed: Routed) -> bytes | AsyncIterator[bytes]:
@@ -326,7 +304,7 @@ async def health(
     processes = supervised(settings.supervisor_file)
     failed = any(p.state == "failed" for p in processes.values())
     return {
-        "status": "ok" if catalog.cards and not failed else "degraded",
+        "status": "ok" if catalog.cards and not failed and state.nc.is_connected else "degraded",
         "processes": processes,
         "mode": "local-only" if settings.local_only or not cloud.upstreams else "hybrid",
         "auth": "on" if settings.keys_file else "off",

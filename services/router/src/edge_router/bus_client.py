@@ -31,11 +31,14 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from edge_router.errors import ApiError, from_wire, unavailable
+from edge_router.errors import ApiError, from_wire, model_not_found, unavailable
 from edge_router.liveness import BUS_DOWN, GONE, Liveness
 
 log = structlog.get_logger(__name__)
 EVENTS_LOST = "Part of the answer was lost on the message bus; try again."
+MAX_SUBJECT = 1024
+"""Longest subject asked: a model id makes part of it, and NATS drops a connection whose
+command line is too long (4 KB) for good: a 5000-character model name cut the router off."""
 
 
 class Numbered(Protocol):
@@ -141,6 +144,8 @@ class BusClient(Generic[E]):
 
     async def _ask(self, subject: str, request: Submission, serving: str, within_s: float) -> Msg:
         """The worker's reply to `request`; transport failures and refusals as ApiErrors."""
+        if len(subject) > MAX_SUBJECT:  # no worker serves a model of such a name
+            raise model_not_found(serving)
         try:
             reply = await self._nc.request(
                 subject,

@@ -36,6 +36,7 @@ from edge_router.errors import (
     model_not_found,
     unavailable,
 )
+from edge_router.gone import unless_gone
 from edge_router.request_id import request_id_of
 
 LOCAL_ONLY_KEY = "edge_local_only"
@@ -241,11 +242,10 @@ async def embeddings(rag: RagClient, request: Request[Any, Any, Any]) -> Respons
     body = decoded(await request.body(), EmbeddingsBody)
     texts, tokens = _inputs(body.input)
     model = await _model(rag, body.model)
-    embedded = await rag.embed(
-        proto.EmbedRequest(
-            request_id=request_id_of(request.scope), model=model, input=texts, tokens=tokens
-        )
+    wire_request = proto.EmbedRequest(
+        request_id=request_id_of(request.scope), model=model, input=texts, tokens=tokens
     )
+    embedded = await unless_gone(request, rag.embed(wire_request))
     if body.dimensions is not None and body.dimensions != embedded.dimension:
         raise InvalidRequest(
             f"Model `{embedded.model}` gives {embedded.dimension} dimensions only; "
@@ -373,10 +373,15 @@ async def ingest(rag: RagClient, request: Request[Any, Any, Any]) -> Response[An
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+    done = await unless_gone(request, _last(events))  # a client that leaves cancels it
+    return Response(msgspec.json.encode(_answer(done)), media_type="application/json")
+
+
+async def _last(events: AsyncIterator[proto.Progress | proto.Ingested]) -> proto.Ingested:
     async with aclosing(events):  # type: ignore[type-var]
         async for event in events:
             if isinstance(event, proto.Ingested):
-                return Response(msgspec.json.encode(_answer(event)), media_type="application/json")
+                return event
     raise AssertionError("an ingest stream ends with Ingested or raises")
 
 
