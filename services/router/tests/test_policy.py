@@ -338,3 +338,17 @@ def test_loading_the_detector_counts_as_local_wait() -> None:
         local=policy.Local(models={LOCAL: CARD}, detectors=[DETECTOR]), cloud=s.cloud
     )
     assert route(req, loaded).target == "local"
+
+
+def test_images_wait_for_a_detector_that_is_down() -> None:
+    """A pinned local model without vision whose detector ran before and is gone now (a
+    vision worker restarting) gets 503 + Retry-After, not a 400 that says it never could."""
+    content = [{"type": "text", "text": "How many cats are there?"}, *IMAGE]
+    req = request("x", model=LOCAL, messages=[{"role": "user", "content": content}])
+    down = policy.State(
+        local=policy.Local(models={LOCAL: CARD}, detectors_down=True), cloud=NO_CLOUD
+    )
+    with pytest.raises(ApiError) as err:
+        route(req, down)
+    assert err.value.status == 503
+    assert "retry-after" in err.value.headers

@@ -91,6 +91,7 @@ class ChatService:
                 npu_temp_c=zone.celsius if zone else None,
                 detectors=self._catalog.detectors,
                 detector_switch_s=self._catalog.detector_switch_s,
+                detectors_down=bool(self._catalog.detectors_seen) and not self._catalog.detectors,
             ),
             cloud=policy.Cloud(
                 models=self._cloud.models(),

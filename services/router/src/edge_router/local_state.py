@@ -52,6 +52,8 @@ class LocalCatalog:
         self.detectors: list[str] = []
         """The detectors the vision workers serve, the default one first."""
         self.detector_switch_s: dict[str, float] = {}
+        self.detectors_seen: set[str] = set()
+        """Every detector served since start (one gone is down, not unconfigured)."""
         """Detector -> seconds a detection first spends loading it (0: loaded)."""
         self._miss_round: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
@@ -71,6 +73,7 @@ class LocalCatalog:
         )
         # the default detector first: it is the one that describes images to a chat model
         self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
+        self.detectors_seen |= set(detectors)
         self.embedders = embedders
         self.detector_switch_s = detectors
         for model in self.cards.keys() - found.cards.keys():

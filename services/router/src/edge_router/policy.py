@@ -125,6 +125,8 @@ class Local(msgspec.Struct, frozen=True, kw_only=True):
     model without vision."""
     detector_switch_s: dict[str, float] = {}
     """Detector -> seconds to load it first, for detectors not loaded."""
+    detectors_down: bool = False
+    """Detectors ran and none does now (a vision worker restarting): images wait, not 400."""
 
 
 class Cloud(msgspec.Struct, frozen=True, kw_only=True):
@@ -422,6 +424,11 @@ def _pinned_local(model: str | None, f: Features, s: State, cfg: PolicySettings)
     detector = _detector(f, s.local.models[model], s.local)
     if cannot := _local_cannot(f, s.local.models[model], detector):
         what, param = cannot
+        if what == "images" and s.local.detectors_down:
+            raise unavailable(
+                f"Model `{model}` reads images through the object detector, which is not "
+                "running right now; try again shortly."
+            )
         raise InvalidRequest(
             f"Model `{model}` does not support {what}.", param=param, code="unsupported"
         )
