@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Literal, Protocol, TypeVar
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -37,14 +37,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter, Histogram
 
-from edge_common import wire
+from edge_common import bus, wire
 from edge_common.npu_lease import LeaseLost, NpuLease, default_board, lease_owner
+from edge_common.residency import Loadable, Residency, board_residency
 from edge_common.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["completed", "cancelled", "failed"]
 T = TypeVar("T")
+M = TypeVar("M", bound=Loadable)
 SHUTTING_DOWN = "The {service} service shut down before this request ended; try again."
 STALLED = "The model made no progress for {stall_s:g} s; the request was aborted. Try again."
 BUS_LOST_AFTER_S = 2 * wire.ALIVE_INTERVAL_S
@@ -115,6 +117,28 @@ async def npu_lease(nc: Client, settings: WorkerSettings, service: str) -> NpuLe
     )
     await lease.start()
     return lease
+
+
+class OnBoard(NamedTuple, Generic[M]):
+    nc: Client
+    lease: NpuLease
+    residency: Residency[M]
+
+
+async def join_board(
+    stack: AsyncExitStack, settings: WorkerSettings, service: str, models: dict[str, M], pinned: str
+) -> OnBoard[M]:
+    """What every worker starts with: its bus connection, the board's NPU lease, and a
+    Residency of `models` in the board's memory ledger with `pinned` loaded (within the
+    board's budget); each closed with `stack`."""
+    nc = await stack.enter_async_context(
+        bus.connect(settings.nats_url, service, settings.nats_password)
+    )
+    lease = await npu_lease(nc, settings, service)
+    stack.push_async_callback(lease.stop)
+    residency = await board_residency(stack, nc, settings, service, models, pinned)
+    await residency.ensure(residency.pinned)
+    return OnBoard(nc, lease, residency)
 
 
 class Worker:

@@ -9,8 +9,7 @@ import structlog
 from edge_common import bus, wire
 from edge_common.metrics import metrics
 from edge_common.protocol import llm as llm_wire
-from edge_common.residency import board_residency
-from edge_common.worker import npu_lease
+from edge_common.worker import join_board
 from litestar import Litestar, get
 from litestar.datastructures import State
 from prometheus_client import REGISTRY
@@ -43,15 +42,9 @@ def create_app(settings: LlmSettings) -> Litestar:
             models = resolve_models(settings)
             backends = {spec.id: create_backend(spec) for spec in models}
             log.info("llm.models", models={s.id: type(s).__struct_config__.tag for s in models})
-            nc = await stack.enter_async_context(
-                bus.connect(settings.nats_url, llm_wire.SERVICE, settings.nats_password)
+            nc, lease, residency = await join_board(
+                stack, settings, llm_wire.SERVICE, backends, settings.pinned or models[0].id
             )
-            lease = await npu_lease(nc, settings, llm_wire.SERVICE)
-            stack.push_async_callback(lease.stop)
-            residency = await board_residency(
-                stack, nc, settings, llm_wire.SERVICE, backends, settings.pinned or models[0].id
-            )
-            await residency.ensure(residency.pinned)  # within the board's budget
             server = LlmServer(
                 nc,
                 residency,

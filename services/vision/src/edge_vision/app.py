@@ -8,8 +8,7 @@ from typing import Any
 from edge_common import bus
 from edge_common.metrics import metrics
 from edge_common.protocol import vision as proto
-from edge_common.residency import board_residency
-from edge_common.worker import npu_lease
+from edge_common.worker import join_board
 from litestar import Litestar, get
 from litestar.datastructures import State
 
@@ -47,15 +46,9 @@ def create_app(settings: VisionSettings) -> Litestar:
             detectors = {spec.id: ResidentDetector(spec, limits) for spec in specs}
             for detector in detectors.values():
                 stack.callback(detector.unload)
-            nc = await stack.enter_async_context(
-                bus.connect(settings.nats_url, proto.SERVICE, settings.nats_password)
+            nc, lease, residency = await join_board(
+                stack, settings, proto.SERVICE, detectors, settings.pinned or specs[0].id
             )
-            lease = await npu_lease(nc, settings, proto.SERVICE)
-            stack.push_async_callback(lease.stop)
-            residency = await board_residency(
-                stack, nc, settings, proto.SERVICE, detectors, settings.pinned or specs[0].id
-            )
-            await residency.ensure(residency.pinned)  # within the board's budget
             server = VisionServer(
                 nc,
                 residency,
