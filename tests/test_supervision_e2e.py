@@ -194,10 +194,12 @@ def test_each_process_gets_only_its_own_secrets(configured: EdgeUp) -> None:
             "EDGE_ROUTER_NATS_PASSWORD",
             "EDGE_LLM_NATS_PASSWORD",
             "EDGE_VISION_NATS_PASSWORD",
+            "EDGE_RAG_NATS_PASSWORD",
             "EDGE_OPS_NATS_PASSWORD",
         },
         "llm": {"EDGE_LLM_NATS_PASSWORD"},
         "vision": {"EDGE_VISION_NATS_PASSWORD"},
+        "rag": {"EDGE_RAG_NATS_PASSWORD"},
         "router": {"EDGE_ROUTER_NATS_PASSWORD", "EDGE_TEST_CLOUD_KEY"},
     }
     assert environ(pids["router"])["EDGE_TEST_CLOUD_KEY"] == "sk-cloud-secret"
