@@ -186,6 +186,25 @@ async def test_release_after_an_unheard_renewal_frees_the_slot_at_once(make_leas
         await _hold_once(other)
 
 
+async def test_a_renewal_that_swallows_its_cancel_does_not_keep_the_slot(make_lease) -> None:
+    """Python 3.11's wait_for (inside nats-py's requests) can swallow a cancel: a renewal cut
+    off that way at release must neither hold the release up nor renew the released slot
+    (the next job on the board once waited for ever)."""
+    lease, other = await make_lease("holder"), await make_lease("next")
+    renewing = asyncio.Event()
+
+    async def stubborn() -> None:
+        renewing.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as wait_for may
+            await asyncio.Event().wait()
+
+    async with asyncio.timeout(TTL * 3):
+        async with lease.hold("m") as held:
+            held.heartbeat = stubborn  # type: ignore[method-assign]
+            await renewing.wait()  # released while a renewal is under way
+        await _hold_once(other)
+
+
 async def test_slots_allow_that_many_holders(make_lease) -> None:
     """With two slots two jobs hold at once; a third waits for one of them."""
     a, b, c = [await make_lease(n, slots=2) for n in ("a", "b", "c")]

@@ -401,6 +401,7 @@ class Held:
         self.rev = rev
         self.holder = holder
         self.lost = asyncio.Event()
+        self._released = False
         self._beat = asyncio.create_task(self._keep_alive())
 
     async def heartbeat(self) -> None:
@@ -427,8 +428,12 @@ class Held:
 
     async def _keep_alive(self) -> None:
         with contextlib.suppress(LeaseLost):
+            # checked too, not only cancelled: Python 3.11's wait_for (under nats-py's
+            # requests) can swallow a cancel, and this loop would then renew for ever
             while True:
                 await asyncio.sleep(self._lease.ttl_s / 3)
+                if self._released:
+                    return
                 try:
                     # a renewal answered later than the next one is due is of no use
                     async with asyncio.timeout(self._lease.ttl_s / 3):
@@ -439,8 +444,9 @@ class Held:
     async def release(self) -> None:
         # a renewal cut off here may still land: the delete then finds our value at a newer
         # revision (waiting out the TTL instead kept the next job off the NPU for seconds)
+        self._released = True
         self._beat.cancel()
-        await asyncio.wait([self._beat])
+        await asyncio.wait([self._beat], timeout=self._lease.ttl_s)
         if not self.lost.is_set():
             await self._lease._delete(self.key, last=self.rev, ours=_encode(self.holder))
 
