@@ -142,6 +142,7 @@ async def test_token_arrays_embed_as_their_text(gateway) -> None:
         ({"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
         ({"input": "x", "model": "text-embedding-3-small"}, 404, "model"),
         ({"input": "x", "model": "m" * 5000}, 404, "model"),  # once cut the router off NATS
+        ({"input": "x", "model": ""}, 400, "model"),  # once waited out the rag timeout
         ({"input": "word " * 60_000}, 400, None),
     ],
     ids=[
@@ -155,6 +156,7 @@ async def test_token_arrays_embed_as_their_text(gateway) -> None:
         "format",
         "unknown-model",
         "huge-model-name",
+        "empty-model",
         "huge-text",
     ],
 )

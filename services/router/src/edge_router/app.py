@@ -37,10 +37,9 @@ from edge_router.metrics import LiveState
 from edge_router.ollama import ROUTES as OLLAMA_ROUTES
 from edge_router.rag import (
     RagClient,
-    delete_collection,
+    collection_by_name,
     delete_document,
     embeddings,
-    get_collection,
     ingest,
     list_collections,
     search,
@@ -155,8 +154,7 @@ def create_app(settings: RouterSettings) -> Litestar:
             search,
             ingest,
             list_collections,
-            get_collection,
-            delete_collection,
+            collection_by_name,
             delete_document,
             status,
             status_page,

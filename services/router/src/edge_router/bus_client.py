@@ -144,7 +144,7 @@ class BusClient(Generic[E]):
 
     async def _ask(self, subject: str, request: Submission, serving: str, within_s: float) -> Msg:
         """The worker's reply to `request`; transport failures and refusals as ApiErrors."""
-        if len(subject) > MAX_SUBJECT:  # no worker serves a model of such a name
+        if len(subject) > MAX_SUBJECT or subject.endswith("."):  # no such model is served
             raise model_not_found(serving)
         try:
             reply = await self._nc.request(

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from edge_common.protocol import rag as proto
-from litestar import Request, Response, delete, get, post
+from litestar import HttpMethod, Request, Response, delete, get, post, route
 from litestar.datastructures import UploadFile
 from litestar.response import Stream
 from msgspec import Meta
@@ -50,7 +50,7 @@ DISCOVERY_WINDOW_S = 0.25
 class EmbeddingsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: Any
     """A string, a list of strings, a list of token ids, or a list of such lists."""
-    model: str
+    model: Annotated[str, Meta(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
@@ -393,11 +393,20 @@ async def list_collections(rag: RagClient, request: Request[Any, Any, Any]) -> R
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
-@get("/v1/rag/collections/{collection:str}", responses=ERROR_RESPONSES)
-async def get_collection(
+@route(
+    "/v1/rag/collections/{collection:str}",
+    http_method=[HttpMethod.GET, HttpMethod.DELETE],
+    status_code=200,
+    responses=ERROR_RESPONSES,
+)
+async def collection_by_name(
     rag: RagClient, collection: str, request: Request[Any, Any, Any]
 ) -> Response[Any]:
-    """One collection and its documents (scope `rag:read`)."""
+    """GET: one collection and its documents (scope `rag:read`); DELETE: the collection with
+    all its documents (scope `rag:write`). One handler for both: Litestar's OPTIONS lists
+    only the first handler's methods of a path in `Allow`."""
+    if request.method == HttpMethod.DELETE:
+        return await _delete(rag, request, collection)
     found = await rag.collections(
         proto.CollectionsRequest(request_id=request_id_of(request.scope), documents_of=collection)
     )
@@ -406,14 +415,6 @@ async def get_collection(
         raise _no_collection(collection)
     body = {**msgspec.to_builtins(info), "documents": found.documents}
     return Response(msgspec.json.encode(body), media_type="application/json")
-
-
-@delete("/v1/rag/collections/{collection:str}", status_code=200, responses=ERROR_RESPONSES)
-async def delete_collection(
-    rag: RagClient, collection: str, request: Request[Any, Any, Any]
-) -> Response[Any]:
-    """Delete a collection with all its documents (scope `rag:write`)."""
-    return await _delete(rag, request, collection)
 
 
 @delete(

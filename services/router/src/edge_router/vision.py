@@ -37,7 +37,7 @@ DISCOVERY_WINDOW_S = 0.25
 class DetectFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A multipart upload's form fields beside the `image` file."""
 
-    model: str = proto.DEFAULT_MODEL
+    model: Annotated[str, Meta(min_length=1)] = proto.DEFAULT_MODEL
     score_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     iou_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.45
     classes: Annotated[list[str], Meta(max_length=1000)] | None = None
