@@ -39,7 +39,7 @@ from prometheus_client import Counter, Histogram
 
 from edge_common import bus, wire
 from edge_common.npu_lease import LeaseLost, NpuLease, default_board, lease_owner
-from edge_common.residency import Loadable, Residency, board_residency
+from edge_common.residency import CannotFit, Loadable, Residency, board_residency
 from edge_common.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -117,6 +117,19 @@ async def npu_lease(nc: Client, settings: WorkerSettings, service: str) -> NpuLe
     )
     await lease.start()
     return lease
+
+
+def servable(residency: Residency[M], model: str) -> M:
+    """What serves `model`, refused as the micro error a worker answers with: unknown
+    (model_not_found) or never fitting the board's memory (unavailable)."""
+    served = residency.models.get(model)
+    if served is None:
+        raise ServiceError("model_not_found", f"The model `{model}` does not exist.")
+    try:
+        residency.check_fits(model)
+    except CannotFit as exc:
+        raise ServiceError("unavailable", str(exc)) from None
+    return served
 
 
 class OnBoard(NamedTuple, Generic[M]):

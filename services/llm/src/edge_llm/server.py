@@ -12,8 +12,8 @@ import structlog
 from edge_common import wire
 from edge_common.npu_lease import NpuLease
 from edge_common.protocol import llm as llm_wire
-from edge_common.residency import CannotFit, Residency
-from edge_common.worker import Outcome, Worker
+from edge_common.residency import Residency
+from edge_common.worker import Outcome, Worker, servable
 from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 
@@ -70,20 +70,14 @@ class LlmServer:
 
     async def on_chat(self, req: Request) -> None:
         request = self.worker.take(req, llm_wire.decode_request, "chat")
-        backend = self.residency.models.get(request.model)
-        if backend is None:
-            raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
-        try:
-            self.residency.check_fits(request.model)
-        except CannotFit as exc:
-            raise ServiceError("unavailable", str(exc)) from None
-        if request.tool_choice == "named" and not structured.call_tools(request):
+        backend = servable(self.residency, request.model)
+        tools = structured.call_tools(request)
+        if request.tool_choice == "named" and not tools:
             raise ServiceError(
                 "invalid_request", f"tool_choice names `{request.tool_name}`, which is no tool."
             )
         prompt = backend.prompt_tokens(
-            structured.with_instruction(request.messages, request.response_format),
-            structured.call_tools(request),
+            structured.with_instruction(request.messages, request.response_format), tools
         )
         limit = backend.card.context_length
         wanted = len(prompt) + (request.max_tokens or 1)

@@ -46,12 +46,10 @@ from edge_router.errors import (
     decoded,
     invalid_body,
     model_not_found,
-    unavailable,
 )
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
-from edge_router.rag import ALIASES as EMBED_ALIASES
-from edge_router.rag import RagClient
+from edge_router.rag import RagClient, embedder_named
 from edge_router.ratelimit import RateLimits
 from edge_router.request_id import request_id_of
 from edge_router.settings import RouterSettings
@@ -758,18 +756,17 @@ async def ollama_version() -> dict[str, str]:
     return {"version": VERSION}
 
 
-async def _embedded(rag: RagClient, model: str, texts: list[str], request_id: str) -> Any:
-    model = model_name(model)
-    if model in EMBED_ALIASES:
-        served = await rag.embedders()
-        if not served:
-            raise unavailable("No rag service is running; try again shortly.")
-        model = next(iter(served))
+async def _embedded(
+    rag: RagClient, catalog: LocalCatalog, model: str, texts: list[str], request_id: str
+) -> Any:
+    model = await embedder_named(catalog, model_name(model))
     return await rag.embed(rag_wire.EmbedRequest(request_id=request_id, model=model, input=texts))
 
 
 @post("/api/embed", status_code=200, exception_handlers=ERRORS, include_in_schema=False)
-async def ollama_embed(rag: RagClient, request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_embed(
+    rag: RagClient, catalog: LocalCatalog, request: Request[Any, Any, Any]
+) -> Response[Any]:
     """Ollama's embeddings (scope `embeddings`) by the rag workers' embedders."""
     started = time.perf_counter_ns()
     body = decoded(await request.body(), EmbedBody)
@@ -780,7 +777,7 @@ async def ollama_embed(rag: RagClient, request: Request[Any, Any, Any]) -> Respo
             param="input",
             code="invalid_value",
         )
-    embedded = await _embedded(rag, body.model, texts, request_id_of(request.scope))
+    embedded = await _embedded(rag, catalog, body.model, texts, request_id_of(request.scope))
     if not body.truncate and embedded.truncated:
         raise InvalidRequest("input length exceeds the context length", param="input")
     if body.dimensions is not None and body.dimensions != embedded.dimension:
@@ -800,10 +797,14 @@ async def ollama_embed(rag: RagClient, request: Request[Any, Any, Any]) -> Respo
 
 
 @post("/api/embeddings", status_code=200, exception_handlers=ERRORS, include_in_schema=False)
-async def ollama_embeddings(rag: RagClient, request: Request[Any, Any, Any]) -> Response[Any]:
+async def ollama_embeddings(
+    rag: RagClient, catalog: LocalCatalog, request: Request[Any, Any, Any]
+) -> Response[Any]:
     """The legacy one-prompt embeddings (scope `embeddings`)."""
     body = decoded(await request.body(), LegacyEmbedBody)
-    embedded = await _embedded(rag, body.model, [body.prompt], request_id_of(request.scope))
+    embedded = await _embedded(
+        rag, catalog, body.model, [body.prompt], request_id_of(request.scope)
+    )
     answer = {"embedding": vectors(embedded)[0]}
     return Response(_json.encode(answer), media_type="application/json")
 

@@ -37,6 +37,7 @@ from edge_router.errors import (
     unavailable,
 )
 from edge_router.gone import unless_gone
+from edge_router.local_state import LocalCatalog
 from edge_router.request_id import request_id_of
 
 LOCAL_ONLY_KEY = "edge_local_only"
@@ -226,22 +227,26 @@ def _rows(embedded: proto.Embedded, encoding: str) -> list[Embedding]:
     return out
 
 
-async def _model(rag: RagClient, asked: str) -> str:
-    """The embedder `asked` names (an alias: the first one running)."""
+async def embedder_named(catalog: LocalCatalog, asked: str) -> str:
+    """The embedder `asked` names; an alias means the first one the rag workers serve, as the
+    catalog's background discovery knows them (a round now only if it knows none)."""
     if asked not in ALIASES:
         return asked
-    served = await rag.embedders()
-    if not served:
+    if not catalog.embedders:
+        await catalog.refresh_on_miss()
+    if not catalog.embedders:
         raise unavailable("No rag service is running; try again shortly.")
-    return next(iter(served))
+    return next(iter(catalog.embedders))
 
 
 @post("/v1/embeddings", status_code=200, responses=ERROR_RESPONSES)
-async def embeddings(rag: RagClient, request: Request[Any, Any, Any]) -> Response[Any]:
+async def embeddings(
+    rag: RagClient, catalog: LocalCatalog, request: Request[Any, Any, Any]
+) -> Response[Any]:
     """Embeddings, as OpenAI's endpoint (scope `embeddings`)."""
     body = decoded(await request.body(), EmbeddingsBody)
     texts, tokens = _inputs(body.input)
-    model = await _model(rag, body.model)
+    model = await embedder_named(catalog, body.model)
     wire_request = proto.EmbedRequest(
         request_id=request_id_of(request.scope), model=model, input=texts, tokens=tokens
     )

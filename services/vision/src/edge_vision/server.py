@@ -11,8 +11,8 @@ import structlog
 from edge_common import wire
 from edge_common.npu_lease import NpuLease
 from edge_common.protocol import vision as proto
-from edge_common.residency import CannotFit, Residency
-from edge_common.worker import Outcome, Worker
+from edge_common.residency import Residency
+from edge_common.worker import Outcome, Worker, servable
 from nats.aio.client import Client
 from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter
@@ -82,13 +82,7 @@ class VisionServer:
 
     async def on_detect(self, req: Request) -> None:
         request = self.worker.take(req, proto.decode_request, "detect")
-        resident = self.residency.models.get(request.model)
-        if resident is None:
-            raise ServiceError("model_not_found", f"The model `{request.model}` does not exist.")
-        try:
-            self.residency.check_fits(request.model)
-        except CannotFit as exc:
-            raise ServiceError("unavailable", str(exc)) from None
+        resident = servable(self.residency, request.model)
         try:  # a bad image is the caller's mistake: refuse it now, not as a failed job
             opened = await asyncio.to_thread(open_checked, request.image, resident.limits)
         except InvalidImage as exc:

@@ -19,6 +19,8 @@ PREFETCH = 4
 """Hybrid search fuses this many times `limit` candidates of each kind."""
 DENSE, SPARSE = "dense", "bm25"
 """The named vectors of every collection."""
+SCROLL_PAGE = 1024
+"""Points read per page when every payload of a collection is walked."""
 
 
 class StoredChunk(msgspec.Struct, frozen=True, kw_only=True):

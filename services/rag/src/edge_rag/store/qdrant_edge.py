@@ -16,6 +16,7 @@ from edge_rag.store.base import (
     DENSE,
     PREFETCH,
     RRF_K,
+    SCROLL_PAGE,
     SPARSE,
     HnswTuning,
     ScoredChunk,
@@ -23,7 +24,6 @@ from edge_rag.store.base import (
     Where,
 )
 
-SCROLL_PAGE = 1024
 INDEXED = (("document_id", qe.PayloadSchemaType.Keyword), ("state", qe.PayloadSchemaType.Keyword))
 """Payload fields every write or search filters on."""
 

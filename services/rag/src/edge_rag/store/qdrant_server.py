@@ -14,14 +14,13 @@ from edge_rag.store.base import (
     DENSE,
     PREFETCH,
     RRF_K,
+    SCROLL_PAGE,
     SPARSE,
     HnswTuning,
     ScoredChunk,
     StoredChunk,
     Where,
 )
-
-SCROLL_PAGE = 1024
 
 
 def _filter(where: Where | None, where_not: Where | None = None) -> models.Filter | None:
