@@ -66,3 +66,26 @@ async def test_no_responders_takes_a_model_down_at_once() -> None:
     await catalog.refresh()
     catalog.mark_down("m")
     assert (list(catalog.cards), catalog.down) == (["n"], frozenset({"m"}))
+
+
+class Detectors:
+    """Stands in for VisionClient.models: each round answers with the next detectors."""
+
+    def __init__(self, *rounds: dict[str, float]) -> None:
+        self._rounds = list(rounds)
+
+    async def models(self, window: float) -> dict[str, float]:
+        return self._rounds.pop(0)
+
+
+async def test_a_detector_is_kept_through_one_late_answer() -> None:
+    """Detectors get the chat models' tolerance: one round without the vision worker's STATS
+    (busy) keeps its detector; MISSED_ROUNDS in a row take it out; seen again, it is back."""
+    answers = Detectors({"d": 0.0}, {}, {}, {"d": 0.0})
+    llm = Answers(["m"], ["m"], ["m"], ["m"])
+    catalog = LocalCatalog(llm, 0.25, answers)  # type: ignore[arg-type]
+    found = []
+    for _ in range(4):
+        await catalog.refresh()
+        found.append(list(catalog.detectors))
+    assert found == [["d"], ["d"], [], ["d"]]

@@ -5,10 +5,11 @@ Refreshed from the llm services' micro STATS in the background, and at once when
 names a model it does not know (requests that miss together share one round: a flood of
 unknown names costs one round at a time, not one each).
 
-A model leaves the catalog when a request for it finds no worker (NATS knows at once), or
-when MISSED_ROUNDS discovery rounds in a row did not hear of it (one late STATS answer from a
-busy worker is no reason to stop routing to it). A model that left is remembered as `down`,
-so that a request naming it gets 503 and Retry-After, not 404.
+A model (a chat model, a detector or an embedder) leaves the catalog when MISSED_ROUNDS
+discovery rounds in a row did not hear of it (one late STATS answer from a busy worker is no
+reason to stop routing to it), and a chat model also when a request for it finds no worker
+(NATS knows at once). A chat model that left is remembered as `down`, so that a request
+naming it gets 503 and Retry-After, not 404.
 """
 
 import asyncio
@@ -33,6 +34,19 @@ T = TypeVar("T")
 
 async def _nothing(empty: T) -> T:
     return empty
+
+
+def _kept(missed: dict[str, int], before: dict[str, T], found: dict[str, T]) -> dict[str, T]:
+    """`found`, and what `before` had that fewer than MISSED_ROUNDS rounds in a row missed
+    (counted in `missed`)."""
+    for key in before.keys() - found.keys():
+        missed[key] = missed.get(key, 0) + 1
+    for key in found:
+        missed.pop(key, None)
+    kept = {k: v for k, v in before.items() if k not in found and missed[k] < MISSED_ROUNDS}
+    for key in missed.keys() - kept.keys():
+        del missed[key]  # gone: a later return starts counting afresh
+    return kept | found
 
 
 class LocalCatalog:
@@ -60,6 +74,8 @@ class LocalCatalog:
         self.down: frozenset[str] = frozenset()
         """Models served before and gone now."""
         self._missed: dict[str, int] = {}
+        self._missed_detectors: dict[str, int] = {}
+        self._missed_embedders: dict[str, int] = {}
         self.instances = 0
         self.resident: set[str] = set()
         self.switch_s = 0.0
@@ -72,18 +88,13 @@ class LocalCatalog:
             self._rag.embedders(self._window_s) if self._rag else _nothing({}),
         )
         # the default detector first: it is the one that describes images to a chat model
-        self.detectors = sorted(detectors, key=lambda d: (d != DEFAULT_MODEL, d))
+        self.detector_switch_s = _kept(self._missed_detectors, self.detector_switch_s, detectors)
+        self.detectors = sorted(self.detector_switch_s, key=lambda d: (d != DEFAULT_MODEL, d))
         self.detectors_seen |= set(detectors)
-        self.embedders = embedders
-        self.detector_switch_s = detectors
-        for model in self.cards.keys() - found.cards.keys():
-            self._missed[model] = self._missed.get(model, 0) + 1
-        for model in found.cards:
-            self._missed.pop(model, None)
-        kept = {m: c for m, c in self.cards.items() if self._missed.get(m, 0) < MISSED_ROUNDS}
-        gone = self.cards.keys() - kept.keys()
+        self.embedders = _kept(self._missed_embedders, self.embedders, embedders)
+        cards = _kept(self._missed, self.cards, found.cards)
+        gone = self.cards.keys() - cards.keys()
         # resident models first: the first one is what `local` and `auto` use
-        cards = kept | found.cards
         ordered = sorted(cards.values(), key=lambda c: c.id not in found.resident)
         self.cards = {card.id: card for card in ordered}
         self.down = (self.down | gone) - self.cards.keys()
