@@ -12,3 +12,11 @@ def test_chat_subjects_are_one_safe_token_per_model() -> None:
     assert all(re.fullmatch(r"llm\.chat\.[A-Za-z0-9_-]+", s) for s in subjects), subjects
     assert len(set(subjects)) == len(IDS)
     assert chat_subject("smollm2-135m-instruct") == "llm.chat.smollm2-135m-instruct"
+
+
+def test_a_board_subject_adds_one_safe_token_per_board() -> None:
+    """A board's name becomes one token after the model's, escaped like a model id."""
+    subjects = [chat_subject("m", board) for board in IDS]
+    assert all(re.fullmatch(r"llm\.chat\.m\.[A-Za-z0-9_-]+", s) for s in subjects), subjects
+    assert len(set(subjects)) == len(IDS)
+    assert chat_subject("m", "rock-4d-01") == "llm.chat.m.rock-4d-01"

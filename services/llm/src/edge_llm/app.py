@@ -54,7 +54,16 @@ def create_app(settings: LlmSettings) -> Litestar:
             )
             await server.worker.start(stack, grace_s=settings.shutdown_grace_s)
             cards = [b.card for b in backends.values()]
-            endpoints = {llm_wire.chat_subject(card.id): server.on_chat for card in cards}
+            # every model on its own subject, and on its board's (a fleet's routers spread
+            # requests over the boards by naming one: see protocol/llm.py chat_subject)
+            endpoints = {
+                subject: server.on_chat
+                for card in cards
+                for subject in (
+                    llm_wire.chat_subject(card.id),
+                    llm_wire.chat_subject(card.id, lease.board),
+                )
+            }
             await stack.enter_async_context(
                 bus.serve(
                     nc,
@@ -62,7 +71,10 @@ def create_app(settings: LlmSettings) -> Litestar:
                     version=VERSION,
                     description="Chat generation with token streaming",
                     endpoints=endpoints,
-                    metadata={"models": wire.models_encoder.encode(cards).decode()},
+                    metadata={
+                        "models": wire.models_encoder.encode(cards).decode(),
+                        "board": lease.board,
+                    },
                     stats=server.micro_stats,
                 )
             )

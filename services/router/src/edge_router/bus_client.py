@@ -31,7 +31,7 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeout
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from edge_router.errors import ApiError, from_wire, model_not_found, unavailable
+from edge_router.errors import ApiError, NoWorker, from_wire, model_not_found, unavailable
 from edge_router.liveness import BUS_DOWN, GONE, Liveness
 
 log = structlog.get_logger(__name__)
@@ -155,7 +155,8 @@ class BusClient(Generic[E]):
             )
         except NoRespondersError:
             raise unavailable(
-                f"No {self._service} service serving `{serving}` is running; try again shortly."
+                f"No {self._service} service serving `{serving}` is running; try again shortly.",
+                kind=NoWorker,
             ) from None
         except MaxPayloadError:
             raise self._too_large() from None

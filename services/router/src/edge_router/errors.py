@@ -142,10 +142,17 @@ def from_wire(code: str, message: str, request_id: str, param: str | None = "mes
             )
 
 
-def unavailable(message: str, retry_after: float = 0.0) -> Unavailable:
+class NoWorker(Unavailable):
+    """No worker serves the subject asked: NATS answered "no responders" at once, so no
+    worker has the request and it may be asked elsewhere."""
+
+
+def unavailable(
+    message: str, retry_after: float = 0.0, kind: type[Unavailable] = Unavailable
+) -> Unavailable:
     """503 with a Retry-After of at least RETRY_AFTER_S seconds."""
     seconds = max(RETRY_AFTER_S, math.ceil(retry_after))
-    return Unavailable(message, code="service_unavailable", headers={"retry-after": str(seconds)})
+    return kind(message, code="service_unavailable", headers={"retry-after": str(seconds)})
 
 
 def _response(error: ApiError) -> Response[Any]:

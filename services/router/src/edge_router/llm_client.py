@@ -1,11 +1,12 @@
 """The router's side of the llm protocol (edge_common.wire): stream one chat, discover models.
 
-`stream_chat` asks `llm.chat.<model>` (a queue group of the workers serving that model) and
-yields Delta events then one Done; bus_client.BusClient does the transport. `discover` reads
-what the running llm instances serve and hold from their micro STATS.
+`stream_chat` asks `llm.chat.<model>.<board>` (a queue group of the workers serving that
+model on one board of the fleet, see spread.py) and yields Delta events then one Done;
+bus_client.BusClient does the transport. `discover` reads what the running llm instances
+serve and hold, and on which boards, from their micro STATS.
 """
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 
 import msgspec
 import structlog
@@ -15,6 +16,7 @@ from nats.aio.client import Client
 
 from edge_router.bus_client import BusClient
 from edge_router.errors import ApiError, InvalidRequest
+from edge_router.spread import Spread
 
 log = structlog.get_logger(__name__)
 Events = AsyncGenerator[llm_wire.Delta | llm_wire.Done, None]
@@ -36,6 +38,8 @@ class Discovery(msgspec.Struct):
     instances: int
     resident: set[str]
     switch_s: float
+    boards: dict[str, dict[str, int]] = {}
+    """Model -> board -> instances serving it there (instances that name their board)."""
 
 
 def _too_long() -> ApiError:
@@ -58,6 +62,7 @@ class LlmClient:
             idle_timeout=idle_timeout,
             invalid_param="messages",
         )
+        self._spread = Spread()
 
     async def aclose(self) -> None:
         """Stop listening to the streams still open (see BusClient.aclose)."""
@@ -65,9 +70,12 @@ class LlmClient:
 
     async def stream_chat(self, request: llm_wire.ChatRequest) -> Events:
         """Submit `request` (its `stream_to` is replaced); raise ApiError if it is refused."""
-        return await self._bus.stream(
-            llm_wire.chat_subject(request.model), request, serving=request.model
-        )
+
+        def submit(board: str) -> Awaitable[Events]:
+            subject = llm_wire.chat_subject(request.model, board)
+            return self._bus.stream(subject, request, serving=request.model)
+
+        return await self._spread.open(request.model, submit)
 
     async def discover(self, window: float) -> Discovery:
         """What the running llm instances serve and hold, from the STATS replies gathered
@@ -81,10 +89,15 @@ class LlmClient:
                 log.warning("router.bad_service_stats", error=str(exc))
                 continue
             found.instances += 1
+            board = stats.metadata.get("board", "")
             for card in cards:
                 found.cards.setdefault(card.id, card)
+                if board:
+                    on_board = found.boards.setdefault(card.id, {})
+                    on_board[board] = on_board.get(board, 0) + 1
             for endpoint in stats.endpoints:
                 data = endpoint.data or llm_wire.LlmStats()
                 found.resident.update(data.resident)
                 found.switch_s = max(found.switch_s, data.switch_s)
+        self._spread.update(found.boards)
         return found

@@ -1,7 +1,8 @@
 """The llm protocol, per chat request (see edge_common.wire for the shared parts):
 
-router -> `llm.chat.<model>` (request/reply, see chat_subject): ChatRequest, naming
-          `stream_to`, an inbox the router already listens on
+router -> `llm.chat.<model>` or `llm.chat.<model>.<board>` (request/reply, see
+          chat_subject): ChatRequest, naming `stream_to`, an inbox the router already
+          listens on
 worker -> reply: Accepted (the request is queued for generation, naming the worker's
           micro service id), or a micro service error (headers Nats-Service-Error-Code /
           Nats-Service-Error) with a code below
@@ -122,10 +123,13 @@ decode_request = msgspec.msgpack.Decoder(ChatRequest).decode
 decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
-def chat_subject(model: str) -> str:
+def chat_subject(model: str, board: str = "") -> str:
     """`llm.chat.<model>`: each worker serves the subjects of its models (one queue group
-    each), so a request reaches only workers that have its model."""
-    return f"{CHAT_PREFIX}.{model_token(model)}"
+    each), so a request reaches only workers that have its model; `llm.chat.<model>.<board>`
+    reaches only those of one board (NATS prefers a queue subscriber on the publisher's own
+    server to one behind a leaf link: a router spreads a fleet's load by naming the board)."""
+    subject = f"{CHAT_PREFIX}.{model_token(model)}"
+    return f"{subject}.{model_token(board)}" if board else subject
 
 
 class LlmStats(Wire):
