@@ -2,7 +2,9 @@
 # Make this Debian machine build and run the images without a Docker engine or a registry
 # (CI and the image test, tests/test_deploy_images.py): rootful podman with runc, and a
 # Debian bookworm base image made with debootstrap from the machine's own apt mirror
-# (Python 3.11, as on the host, so the host's wheels fit). Idempotent; needs root.
+# (Python 3.11, as on the host, so the host's wheels fit; libgomp1, the OpenMP runtime the
+# llama-cpp-python wheel built on the host links). Idempotent (a base made with other
+# packages is made again); needs root.
 #   docker/podman-host.sh [IMAGE]     (default localhost/edge-ai-base:bookworm)
 set -euo pipefail
 image=${1:-localhost/edge-ai-base:bookworm}
@@ -22,14 +24,16 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 CONF
 fi
-if ! podman image exists "$image"; then
+packages=python3,python3-venv,ca-certificates,libgomp1
+made=$(podman image inspect --format '{{index .Config.Labels "edge-ai.packages"}}' "$image" 2>/dev/null || true)
+if [ "$made" != "$packages" ]; then
     mirror=$(sed -n 's/^URIs: *\(\S*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
     mirror=${mirror:-$(sed -n 's/^deb \(\S*\) bookworm main.*/\1/p' /etc/apt/sources.list 2>/dev/null | head -1)}
     root=$(mktemp -d)
     trap 'rm -rf "$root"' EXIT
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    debootstrap --variant=minbase --include="$packages" \
         bookworm "$root" "${mirror:-http://deb.debian.org/debian}" >/dev/null
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -c . | podman import - "$image" >/dev/null
+    tar -C "$root" -c . | podman import --change "LABEL edge-ai.packages=$packages" - "$image" >/dev/null
 fi
 echo "$image"

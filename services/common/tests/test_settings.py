@@ -72,3 +72,16 @@ def test_unreadable_config_file_is_named(tmp_path: Path) -> None:
     """A missing EDGE_CONFIG file stops startup naming EDGE_CONFIG."""
     with pytest.raises(SettingsError, match="EDGE_CONFIG"):
         load_settings(Demo, "demo", env={"EDGE_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_secret_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    """EDGE_<KEY>_FILE names a file holding the value (its one newline dropped); the
+    variable itself still wins, and an unreadable file names its key."""
+    secret = tmp_path / "nats_url"
+    secret.write_text("nats://from-file:4222\n")
+    env = {"EDGE_DEMO_NATS_URL_FILE": str(secret)}
+    assert load_settings(Demo, "demo", env=env).nats_url == "nats://from-file:4222"
+    env["EDGE_DEMO_NATS_URL"] = "nats://from-env:4222"
+    assert load_settings(Demo, "demo", env=env).nats_url == "nats://from-env:4222"
+    with pytest.raises(SettingsError, match="EDGE_DEMO_PORT_FILE"):
+        load_settings(Demo, "demo", env={"EDGE_DEMO_PORT_FILE": str(tmp_path / "missing")})

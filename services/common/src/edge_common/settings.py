@@ -2,9 +2,10 @@
 
 Each service declares one msgspec Struct of settings. A field `port` of service `router`
 is read from `EDGE_ROUTER_PORT`, else from `EDGE_PORT` (shared by all services, handy for
-`EDGE_NATS_URL`), else from the `[router]` table (or the top level) of the TOML file named
-by `EDGE_CONFIG`, else it keeps its default. Scalars are parsed from their text, lists and
-tables from JSON. A bad value stops startup with an error naming the key.
+`EDGE_NATS_URL`), each also from the file `..._FILE` names (EDGE_ROUTER_PORT_FILE: a secret
+is a file, never a variable's value), else from the `[router]` table (or the top level) of
+the TOML file named by `EDGE_CONFIG`, else it keeps its default. Scalars are parsed from
+their text, lists and tables from JSON. A bad value stops startup with an error naming the key.
 """
 
 import os
@@ -85,6 +86,13 @@ def _is_scalar(field: msgspec.inspect.Type) -> bool:
     return isinstance(field, scalar)
 
 
+def _read_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text().removesuffix("\n")
+    except OSError as exc:
+        raise SettingsError(f"{key}: cannot read {path}: {exc}") from exc
+
+
 def load_settings(cls: type[T], service: str, env: Mapping[str, str] | None = None) -> T:
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
@@ -100,9 +108,12 @@ def load_settings(cls: type[T], service: str, env: Mapping[str, str] | None = No
     assert isinstance(info, msgspec.inspect.StructType)
     for field in info.fields:
         for key in (f"EDGE_{service.upper()}_{field.name.upper()}", f"EDGE_{field.name.upper()}"):
-            if key not in env:
+            if key in env:
+                text = env[key]
+            elif f"{key}_FILE" in env:  # a secret handed over as a file (compose secrets)
+                text = _read_file(f"{key}_FILE", env[f"{key}_FILE"])
+            else:
                 continue
-            text = env[key]
             if _is_scalar(field.type):
                 raw[field.name] = text
             else:

@@ -7,7 +7,7 @@ from edge_common.board import inspect_board
 from edge_common.settings import WorkerSettings
 
 from edge_llm.backends import ModelSpec
-from edge_llm.backends.llamacpp import LlamaCppModel
+from edge_llm.backends.gguf import LlamaCppModel
 from edge_llm.backends.rkllm import RkllmModel
 
 

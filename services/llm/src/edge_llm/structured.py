@@ -6,20 +6,22 @@ Grammars are GBNF, from JSON Schema by llama-cpp-python's converter (`json_schem
 the port of llama.cpp's json_schema_to_grammar): `json_object` is any JSON object,
 `json_schema` its schema, and a required or named tool call the call syntax of
 edge_llm.tool_calls around an object that names one of the functions with arguments of its
-schema.
+schema. llama-cpp-python (the `cpu` extra) is imported only when a grammar is made: an
+RKLLM-only image has none (its answers are checked instead).
 """
 
 import functools
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from edge_common.protocol.llm import ChatMessage, ChatRequest, ResponseFormat, Tool
-from llama_cpp import LlamaGrammar
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from edge_llm.tool_calls import CLOSE, OPEN
+
+if TYPE_CHECKING:
+    from llama_cpp import LlamaGrammar
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 _ROOT = re.compile(r"^root ::=", re.MULTILINE)
@@ -60,6 +62,8 @@ def _check_bounds(node: object, depth: int = 0) -> None:
 
 
 def _gbnf(schema: dict[str, Any], prop_order: list[str] | None = None) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
     _check_bounds(schema)
     try:
         gbnf = json_schema_to_gbnf(json.dumps(schema), prop_order=prop_order)
@@ -76,8 +80,10 @@ def _gbnf(schema: dict[str, Any], prop_order: list[str] | None = None) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def parsed(gbnf: str) -> LlamaGrammar:
+def parsed(gbnf: str) -> "LlamaGrammar":
     """Parsed once per distinct grammar: clients repeat the same schemas and tools."""
+    from llama_cpp import LlamaGrammar
+
     return LlamaGrammar.from_string(gbnf, verbose=False)
 
 

@@ -3,6 +3,8 @@
 A backend formats and tokenizes a chat prompt (always possible) and, once its weights are
 loaded, streams the generated text one token at a time. It knows nothing of NATS, stop
 strings or OpenAI (edge_llm.generation) nor of which models stay loaded (edge_common.residency).
+A backend's runtime is imported when it is built: an image without llama-cpp-python (the
+`cpu` extra) serves RKLLM models.
 """
 
 from collections.abc import AsyncIterator
@@ -12,7 +14,7 @@ from edge_common.protocol.llm import ChatMessage, Tool
 from edge_common.wire import ModelCard
 
 from edge_llm.backends.base import RuntimeUsage, Sampling
-from edge_llm.backends.llamacpp import LlamaCppBackend, LlamaCppModel
+from edge_llm.backends.gguf import LlamaCppModel
 from edge_llm.backends.rkllm import RkllmBackend, RkllmModel
 
 
@@ -57,6 +59,8 @@ __all__ = ["Backend", "ModelSpec", "RuntimeUsage", "Sampling", "create_backend"]
 def create_backend(spec: ModelSpec) -> Backend:
     match spec:
         case LlamaCppModel():
+            from edge_llm.backends.llamacpp import LlamaCppBackend
+
             return LlamaCppBackend(spec)
         case RkllmModel():
             return RkllmBackend(spec)

