@@ -37,7 +37,7 @@ from typing import Literal
 
 import httpx
 import msgspec
-from edge_common.stack import free_port
+from edge_common.stack import die_with_parent, free_port
 from openai import APIConnectionError, APIError, APIStatusError, APITimeoutError, AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -343,7 +343,11 @@ class EdgeAi:
         argv += [f"--vision-port={free_port()}"]
         argv += [f"--nats-port={self.nats_port}"]
         self.proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+            *argv,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # a killed soak leaves no stack behind
         )
         self._ready = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
@@ -554,7 +558,7 @@ class Day:
             results = await self.traffic.many(
                 phase,
                 [
-                    Spec("local while down", chat(LOCAL, max_tokens=4)),
+                    Spec("local while down", chat(LOCAL, max_tokens=4), expect=(*OK, "503 ")),
                     Spec("auto while down", chat("auto", max_tokens=4, stream=True)),
                     Spec("cloud while down", chat(CLOUD, max_tokens=4), expect=OK),
                 ],

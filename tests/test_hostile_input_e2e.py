@@ -258,6 +258,33 @@ async def test_deep_but_decodable_json_reaches_the_cloud(
     assert depth == levels - 1  # the innermost list is empty
 
 
+# --- auto: what local can do is what its worker advertises --------------------------------
+
+AUTO_ASKS = {  # (fields, where auto must send them: llama.cpp has grammars, no logprobs)
+    "response-format-text": ({"response_format": {"type": "text"}}, "local"),
+    "json-object": ({"response_format": {"type": "json_object"}}, "local"),
+    "logprobs": ({"logprobs": True}, "cloud"),
+    "top-logprobs": ({"logprobs": True, "top_logprobs": 2}, "cloud"),
+}
+
+
+@pytest.mark.parametrize(("asked", "target"), AUTO_ASKS.values(), ids=AUTO_ASKS.keys())
+async def test_auto_routes_by_the_advertised_capabilities(
+    router_http, keys, cloud: FakeOpenAI, asked: dict, target: str
+) -> None:
+    """model=auto with response_format or logprobs, a cloud configured: a 200 from local when
+    the worker's card says it can, else from the cloud with the field relayed (it was routed
+    local, then refused with 400)."""
+    request = {**body(model="auto", max_tokens=8), **asked}
+    response = await router_http.post(
+        "/v1/chat/completions", json=request, headers=bearer(keys["open"])
+    )
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["x-edge-route"] == target
+    if target == "cloud":
+        assert cloud.received[-1].body["logprobs"] is True
+
+
 # --- rate limits: only what reaches a model counts ---------------------------------------
 
 
@@ -369,6 +396,22 @@ def test_heads_in_time_are_served(slow_router: tuple[str, int]) -> None:
         assert HEADER_TIMEOUT_S - 0.1 <= time.monotonic() - started < HEADER_TIMEOUT_S + 2
     assert answers.count(b"HTTP/1.1 200 OK") == 1
     assert answers.count(b"HTTP/1.1 404 Not Found") == 1
+
+
+def test_an_endless_request_head_is_refused(slow_router: tuple[str, int]) -> None:
+    """A request head that grows past 16 KiB (one endless header, sent in pieces) gets 431
+    and the connection is closed: it is not buffered until the header timeout."""
+    with socket.create_connection(slow_router) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: router\r\nx-junk: ")
+        sock.settimeout(10)
+        answer = b""
+        try:
+            for _ in range(64):  # 64 KiB in all unless refused on the way
+                sock.sendall(b"a" * 1024)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ")
 
 
 def test_a_trickled_body_is_cut_off(slow_router: tuple[str, int]) -> None:

@@ -17,6 +17,8 @@ TTLS = {
     "EDGE_ROUTER_ACCEPT_TIMEOUT_S": "3",
     "EDGE_ROUTER_DISCOVERY_INTERVAL_S": "0.5",
     "EDGE_HEADER_TIMEOUT_S": "3",
+    "EDGE_BODY_TIMEOUT_S": "3",
+    "EDGE_ROUTER_STATUS_SAMPLE_S": "1",
 }
 GAP_S = 2 * max(float(v) for v in TTLS.values()) + 1
 BODY = {

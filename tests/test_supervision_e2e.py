@@ -6,6 +6,7 @@ Times measured (kill to error event, to worker ready, to next 200; NATS recovery
 printed: run with `-s` to see them."""
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -144,6 +145,8 @@ async def test_worker_failing_at_every_start_is_left_failed(
     assert samples[("edge_process_up", "llm")] == 0
     assert samples[("edge_process_up", "router")] == 1
     assert samples[("edge_process_restarts_total", "llm")] == 2
+    assert samples[("edge_process_last_exit_status", "llm")] == llm["last_exit"]
+    assert ("edge_process_last_exit_status", "router") not in samples  # it never exited
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +206,29 @@ def test_each_process_gets_only_its_own_secrets(configured: EdgeUp) -> None:
         "router": {"EDGE_ROUTER_NATS_PASSWORD", "EDGE_TEST_CLOUD_KEY"},
     }
     assert environ(pids["router"])["EDGE_TEST_CLOUD_KEY"] == "sk-cloud-secret"
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket inodes found in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+def test_nats_server_listens_on_its_client_port_only(configured: EdgeUp) -> None:
+    """nats-server opens its client port and nothing else: no monitoring port that any
+    local user could read."""
+    pid = configured.health()["processes"]["nats-server"]["pid"]
+    assert listening_ports(pid) == {configured.ports["nats-port"]}
 
 
 def test_second_up_on_the_same_run_dir_fails_at_once(configured: EdgeUp) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,42 @@ def test_a_killed_worker_ends_its_stream_within_seconds(launch, new_nats, tmp_pa
     assert error["code"] == "service_unavailable"
     assert "stopped" in error["message"]
     assert seconds < 5, seconds  # the idle timeout would take 30 s
+
+
+def test_a_named_model_whose_worker_is_gone_is_503_not_404(
+    launch, new_nats, wait_for, tmp_path: Path
+) -> None:
+    """The only worker of a model is killed (nothing restarts it) during a JSON request:
+    that request gets 503 with Retry-After within seconds, and so does every later request
+    naming the model, JSON and stream, also once discovery rounds dropped it from the
+    catalog (it was a 404 model_not_found)."""
+    with new_nats(tmp_path) as nats:
+        worker = launch("llm", tmp_path, nats.env)
+        env = {**nats.env, "EDGE_ROUTER_DISCOVERY_INTERVAL_S": "0.2"}
+        router = launch("router", tmp_path, {**env, "EDGE_ROUTER_IDLE_TIMEOUT_S": "30"})
+        body = {**STREAM, "stream": False, "max_tokens": 2}
+        url = f"{router.url}/v1/chat/completions"
+        try:
+            with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=20) as http:
+                in_flight = pool.submit(httpx.post, url, json={**body, "max_tokens": 2000})
+                # the worker holds the NPU: it is generating the answer
+                wait_for(lambda: http.get(f"{worker.url}/health").json()["npu_lease"]["held"], 20)
+                worker.proc.kill()
+                killed = time.monotonic()
+                cut = in_flight.result(30)
+                cut_s, answers = time.monotonic() - killed, [cut]
+                # for 2 s (10 discovery rounds): each request is the probe
+                while time.monotonic() - killed < 2 + cut_s:
+                    for stream in (False, True):
+                        answers.append(http.post(url, json={**body, "stream": stream}))
+        finally:
+            router.proc.stop()
+    assert cut_s < 5, cut_s  # the idle timeout would take 30 s
+    assert len(answers) > 4
+    assert {(a.status_code, a.json()["error"]["code"]) for a in answers} == {
+        (503, "service_unavailable")
+    }, [a.text for a in answers if a.status_code != 503][:3]
+    assert all(int(a.headers["retry-after"]) >= 1 for a in answers)
 
 
 def test_an_unresponsive_worker_gets_the_whole_idle_timeout(

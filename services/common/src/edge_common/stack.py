@@ -115,7 +115,7 @@ def nats_ready(port: int) -> Callable[[], bool]:
     return probe
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, however it dies (kill -9, a test run
     cut short), so that no service outlives its supervisor. Linux only (prctl)."""
     if sys.platform == "linux":
@@ -138,7 +138,7 @@ def spawn(
         stderr=subprocess.STDOUT if output else None,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     return Proc(name, popen, Path(output.name) if output and isinstance(output.name, str) else None)
 
@@ -190,17 +190,22 @@ def secret_names(env: Mapping[str, str] | None = None) -> set[str]:
     return passwords | cloud_key_names(env)
 
 
-def nats_argv(port: int, store_dir: Path) -> list[str]:
-    """nats-server with JetStream and nats.conf's users, no monitoring port."""
-    argv = [nats_server_bin(), "-c", str(NATS_CONF), "-a", "127.0.0.1", "-p", str(port)]
+def nats_argv(port: int, store_dir: Path, conf: Path = NATS_CONF) -> list[str]:
+    """nats-server with JetStream and nats.conf's users (or a `conf` that includes it, as a
+    fleet board's fleet.conf does), no monitoring port."""
+    argv = [nats_server_bin(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)]
     return [*argv, "-js", "-sd", str(store_dir)]
 
 
 def start_nats(
-    port: int, store_dir: Path, passwords: Mapping[str, str], output: IO[bytes] | None = None
+    port: int,
+    store_dir: Path,
+    passwords: Mapping[str, str],
+    output: IO[bytes] | None = None,
+    conf: Path = NATS_CONF,
 ) -> Proc:
     """nats-server (nats_argv); `passwords` from nats_passwords()."""
-    proc = spawn("nats-server", nats_argv(port, store_dir), env=passwords, output=output)
+    proc = spawn("nats-server", nats_argv(port, store_dir, conf), env=passwords, output=output)
     proc.wait_ready(nats_ready(port), 15)
     return proc
 

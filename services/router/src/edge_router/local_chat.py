@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import msgspec
+import structlog
 from edge_common.protocol import llm as llm_wire
 
 from edge_router import protocol as p
@@ -23,6 +24,7 @@ from edge_router.llm_client import Events, LlmClient
 from edge_router.local_state import LocalCatalog
 from edge_router.translate import to_wire
 
+log = structlog.get_logger(__name__)
 _json = msgspec.json.Encoder()
 INVALID_OUTPUT = "the local model's answer did not follow response_format or tool_choice, twice"
 
@@ -51,7 +53,9 @@ class LocalChat:
             await held.enter_async_context(
                 self._admission.slot(priority=caller.priority, deadline_s=caller.deadline_s)
             )
-            watcher.queued(time.perf_counter() - arrived)
+            waited = time.perf_counter() - arrived
+            watcher.queued(waited)
+            log.debug("router.admitted", model=model, waited_s=round(waited, 4))
             try:
                 events = await started(await self._submit(wire_request))
             except ApiError as exc:

@@ -140,8 +140,16 @@ class LiveState(Collector):
             "edge_process_restarts", "Restarts by the supervisor", labels=["process"]
         )
         up = GaugeMetricFamily("edge_process_up", "1 if running", labels=["process"])
+        last_exit = GaugeMetricFamily(
+            "edge_process_last_exit_status",
+            "Exit status of the last run (negative: the signal); once it has exited",
+            labels=["process"],
+        )
         for name, status in supervised(self._supervisor_file).items():
             restarts.add_metric([name], status.restarts)
             up.add_metric([name], float(status.state == "running"))
+            if status.last_exit is not None:
+                last_exit.add_metric([name], status.last_exit)
         yield restarts
         yield up
+        yield last_exit
