@@ -19,9 +19,17 @@ lint:
     ruff check .
     ruff format --check .
 
+# every comparison side by side (< 15 min): writes docs/benchmarks.md and docs/benchmarks/*.png
+bench *args:
+    python bench/report.py {{args}}
+
 # side-by-side benchmark: llama.cpp's own OpenAI server vs our router, same GGUF
 bench-overhead *args:
     python bench/overhead.py {{args}}
+
+# cloud path: our router vs the LiteLLM proxy vs the fake upstream direct (added latency, rps, RSS)
+bench-gateway *args:
+    python bench/gateway.py {{args}}
 
 # cost of a routing decision next to decoding the request body
 bench-policy *args:

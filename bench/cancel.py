@@ -93,14 +93,19 @@ async def measure(stack: LocalStack, router_url: str, rounds: int, kills: int) -
         await nc.close()
 
 
+def run(rounds: int = 20, kills: int = 3) -> tuple[list[float], list[float]]:
+    """Seconds until the lease is free: after each client disconnect, after each kill."""
+    with LocalStack() as stack:
+        url, _ = stack.router()
+        return asyncio.run(measure(stack, url, rounds, kills))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
-    with LocalStack() as stack:
-        url, _ = stack.router()
-        hangups, kills = asyncio.run(measure(stack, url, args.rounds, args.kills))
+    hangups, kills = run(args.rounds, args.kills)
     print(f"\nNPU lease free again after ({args.rounds} disconnects, {args.kills} kills):\n")
     print(f"{'cause':<26}{'p50 ms':>10}{'max ms':>10}")
     for name, values in (("client disconnect", hangups), ("holder killed (TTL 5 s)", kills)):

@@ -12,11 +12,13 @@ import os
 import statistics
 import time
 
+import msgspec
 from edge_common.stack import LocalStack, free_port, start_llama_cpp_server
 from edge_llm.backends.llamacpp import bundled_model
 from llama_cpp import Llama
 from openai import OpenAI
 
+BASELINE, OURS = "llama.cpp server", "edge router"
 PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -54,22 +56,33 @@ def measure(
     return first - start, rate, tokens
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    args = parser.parse_args()
-    threads = os.cpu_count()
+class OverheadResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Per target: each request's (seconds to first content, decode tokens/s, tokens)."""
+
+    rounds: int
+    max_tokens: int
+    threads: int
+    results: dict[str, list[tuple[float, float, int]]]
+
+    def ttft_ms(self, name: str) -> float:
+        return statistics.median(r[0] for r in self.results[name]) * 1000
+
+    def rate(self, name: str) -> float:
+        return statistics.median(r[1] for r in self.results[name])
+
+
+def run(rounds: int = 3, max_tokens: int = 64) -> OverheadResult:
+    """Both servers side by side, the prompts `rounds` times in alternation."""
     with LocalStack() as stack:
         llama_port = free_port()
         stack.add(start_llama_cpp_server(llama_port, bundled_model(), "baseline", stack.log))
         router_url, _ = stack.router()
         targets = {
-            "llama.cpp server": (
+            BASELINE: (
                 OpenAI(base_url=f"http://127.0.0.1:{llama_port}/v1", api_key="x"),
                 "baseline",
             ),
-            "edge router": (
+            OURS: (
                 OpenAI(base_url=f"{router_url}/v1", api_key="x"),
                 "smollm2-135m-instruct",
             ),
@@ -78,23 +91,31 @@ def main() -> None:
         for client, model in targets.values():
             measure(client, model, "warm up", 4, vocab)
         results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for prompt in PROMPTS:
                 for name, (client, model) in targets.items():
-                    results[name].append(measure(client, model, prompt, args.max_tokens, vocab))
+                    results[name].append(measure(client, model, prompt, max_tokens, vocab))
+    return OverheadResult(
+        rounds=rounds, max_tokens=max_tokens, threads=os.cpu_count() or 1, results=results
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    result = run(args.rounds, args.max_tokens)
 
     n = args.rounds * len(PROMPTS)
     print(f"\n{n} streaming requests per target, max_tokens={args.max_tokens}, greedy,", end="")
-    print(f" {threads} threads\n")
+    print(f" {result.threads} threads\n")
     print(f"{'target':<18}{'TTFT p50 ms':>14}{'decode tok/s p50':>19}{'tokens':>9}")
-    summary = {}
-    for name, rows in results.items():
-        ttft = statistics.median(r[0] for r in rows) * 1000
-        rate = statistics.median(r[1] for r in rows)
-        summary[name] = (ttft, rate)
-        print(f"{name:<18}{ttft:>14.1f}{rate:>19.1f}{sum(r[2] for r in rows):>9}")
-    (base_ttft, base_rate), (ours_ttft, ours_rate) = summary.values()
-    ttft_ratio, rate_ratio = ours_ttft / base_ttft, ours_rate / base_rate
+    for name, rows in result.results.items():
+        tokens = sum(r[2] for r in rows)
+        print(f"{name:<18}{result.ttft_ms(name):>14.1f}{result.rate(name):>19.1f}{tokens:>9}")
+    ttft_ratio = result.ttft_ms(OURS) / result.ttft_ms(BASELINE)
+    rate_ratio = result.rate(OURS) / result.rate(BASELINE)
     print(f"\nratio router/llama.cpp: TTFT x{ttft_ratio:.2f}, decode x{rate_ratio:.2f}")
 
 

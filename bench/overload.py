@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 from edge_common.stack import LocalStack, Proc
 
 
@@ -54,20 +55,47 @@ async def burst(url: str, clients: int, max_tokens: int) -> list[tuple[int, floa
         return await asyncio.gather(*(one(http, max_tokens) for _ in range(clients)))
 
 
+class Burst(msgspec.Struct, frozen=True, kw_only=True):
+    """One router's burst: per client (status, seconds to first token or refusal, total)."""
+
+    depth: int
+    results: list[tuple[int, float, float]]
+    rss_before_mb: float
+    rss_after_mb: float
+
+    @property
+    def ttft_s(self) -> list[float]:
+        return [r[1] for r in self.results if r[0] == 200]
+
+    @property
+    def refused_ms(self) -> list[float]:
+        return [r[1] * 1000 for r in self.results if r[0] == 429]
+
+
+def run(clients: int = 64, depth: int = 16, max_tokens: int = 16) -> list[Burst]:
+    """The bounded router's burst, then the unbounded one's, on the same llm worker."""
+    out = []
+    with LocalStack() as stack:
+        for queue in (depth, 1000):
+            url, router = stack.router(queue_depth=str(queue))
+            before = rss_mb(router)
+            results = asyncio.run(burst(url, clients, max_tokens))
+            out.append(
+                Burst(
+                    depth=queue, results=results, rss_before_mb=before, rss_after_mb=rss_mb(router)
+                )
+            )
+            router.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
-    rows = []
-    with LocalStack() as stack:
-        for depth in (args.depth, 1000):
-            url, router = stack.router(queue_depth=str(depth))
-            before = rss_mb(router)
-            results = asyncio.run(burst(url, args.clients, args.max_tokens))
-            rows.append((depth, results, before, rss_mb(router)))
-            router.stop()
+    bursts = run(args.clients, args.depth, args.max_tokens)
 
     print(f"\n{args.clients} concurrent streaming clients, max_tokens={args.max_tokens},", end="")
     print(" one llm worker\n")
@@ -75,21 +103,19 @@ def main() -> None:
         f"{'queue depth':>11}{'served':>8}{'429':>6}{'429 p50 ms':>12}{'429 max ms':>12}"
         f"{'TTFT p50 s':>12}{'TTFT p99 s':>12}{'RSS MB before/after':>22}"
     )
-    for depth, results, before, after in rows:
-        served = [r for r in results if r[0] == 200]
-        refused = [r for r in results if r[0] == 429]
-        ttft = [r[1] for r in served]
-        refused_ms = [r[1] * 1000 for r in refused]
+    for b in bursts:
+        ttft, refused_ms = b.ttft_s, b.refused_ms
         print(
-            f"{depth:>11}{len(served):>8}{len(refused):>6}"
+            f"{b.depth:>11}{len(ttft):>8}{len(refused_ms):>6}"
             f"{(statistics.median(refused_ms) if refused_ms else float('nan')):>12.1f}"
             f"{(max(refused_ms) if refused_ms else float('nan')):>12.1f}"
             f"{statistics.median(ttft):>12.2f}{pct(ttft, 99):>12.2f}"
-            f"{f'{before:.0f} / {after:.0f}':>22}"
+            f"{f'{b.rss_before_mb:.0f} / {b.rss_after_mb:.0f}':>22}"
         )
-    (_, bounded, *_), (_, unbounded, *_) = rows
-    p99 = [pct([r[1] for r in res if r[0] == 200], 99) for res in (bounded, unbounded)]
-    print(f"\nTTFT p99 bounded/unbounded: x{p99[0] / p99[1]:.2f}")
+    bounded, unbounded = bursts
+    print(
+        f"\nTTFT p99 bounded/unbounded: x{pct(bounded.ttft_s, 99) / pct(unbounded.ttft_s, 99):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,6 @@ async def concurrent(
     queue = list(reversed(order))
     latencies: list[float] = []
     timings: list[Timings] = []
-    deadline = time.perf_counter() + limit
     headers = {"content-type": "application/json"}
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -110,12 +109,13 @@ async def concurrent(
         for body in bodies:  # warm-up, as for the sequential runs
             (await http.post("/v1/vision/detect", content=body, headers=headers)).raise_for_status()
         started = time.perf_counter()
+        deadline = started + limit  # from here: the warm-up is not the run's time
         await asyncio.gather(*(client(http) for _ in range(clients)))
         return Run(f"router, {clients} clients", latencies, time.perf_counter() - started, timings)
 
 
 def through_router(
-    url: str, images: list[bytes], order: list[int], args: argparse.Namespace
+    url: str, images: list[bytes], order: list[int], clients: int, max_seconds: float
 ) -> list[Run]:
     media = ["image/jpeg" if p.suffix == ".jpg" else "image/png" for p in IMAGES]
     bodies = [
@@ -131,8 +131,8 @@ def through_router(
             response.raise_for_status()
             return msgspec.json.decode(response.content, type=Answer).timings
 
-        sequential = timed("router, 1 client", order, one, args.max_seconds)
-    crowd = asyncio.run(concurrent(url, bodies, order, args.clients, args.max_seconds))
+        sequential = timed("router, 1 client", order, one, max_seconds)
+    crowd = asyncio.run(concurrent(url, bodies, order, clients, max_seconds))
     return [sequential, crowd]
 
 
@@ -180,20 +180,24 @@ def row(run: Run) -> str:
     )
 
 
+def run(rounds: int = 20, clients: int = 4, max_seconds: float = 60) -> list[Run]:
+    """The four paths: router with 1 client, with `clients`, Detector, bare session.run."""
+    images = [p.read_bytes() for p in IMAGES]
+    order = schedule(len(images), rounds)
+    with LocalStack() as stack:
+        stack.add(start_service("vision", free_port(), stack.env, output=stack.log))
+        url, _ = stack.router()
+        runs = through_router(url, images, order, clients, max_seconds)
+    return runs + in_process(images, order, max_seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="passes over the 5 images")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-seconds", type=float, default=60, help="cap on each path's run")
     args = parser.parse_args()
-    images = [p.read_bytes() for p in IMAGES]
-    order = schedule(len(images), args.rounds)
-
-    with LocalStack() as stack:
-        stack.add(start_service("vision", free_port(), stack.env, output=stack.log))
-        url, _ = stack.router()
-        runs = through_router(url, images, order, args)
-    runs += in_process(images, order, args.max_seconds)
+    runs = run(args.rounds, args.clients, args.max_seconds)
 
     print(f"\n{len(IMAGES)} sample photos x {args.rounds} rounds, SSD-MobileNet-v2 int8 300x300,")
     print("onnxruntime CPU, 1 intra-op thread; stage columns: medians of the answers' timings\n")
@@ -201,12 +205,12 @@ def main() -> None:
         f"{'path':<22}{'images':>7}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'pre ms':>9}{'infer ms':>9}{'post ms':>9}"
     )
-    for run in runs:
-        print(row(run))
+    for path in runs:
+        print(row(path))
 
     router, crowd, detector, bare = runs
-    p50 = {run.name: statistics.median(run.latencies) for run in runs}
-    rate = {run.name: len(run.latencies) / run.wall for run in runs}
+    p50 = {path.name: statistics.median(path.latencies) for path in runs}
+    rate = {path.name: len(path.latencies) / path.wall for path in runs}
     extra_ms = (p50[router.name] - p50[detector.name]) * 1000
     print(
         f"\nrouter / in-process detector: p50 x{p50[router.name] / p50[detector.name]:.2f}"

@@ -1,8 +1,10 @@
 """The default embedder for real: unit vectors whose cosine ranks paraphrases above unrelated
 sentences, truncation to the model's window reported, bad inputs refused clearly."""
 
+import msgspec
 import numpy as np
 import pytest
+from edge_rag.backends import create_backend, default_embedder
 from edge_rag.embed import MAX_INPUT_CHARS, Embedder
 from edge_rag.errors import InputTooLong, InvalidInput
 
@@ -31,6 +33,31 @@ def test_batching_does_not_change_vectors(embedder: Embedder) -> None:
     together = embedder.embed(texts).vectors
     alone = np.stack([embedder.embed([t]).vectors[0] for t in texts])
     assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_parallel_calls_return_each_text_its_own_vector(embedder: Embedder) -> None:
+    """Texts of one request spread over the embedder's threads (one call each, more texts than
+    cores, lengths out of order) come back in input order, each bit-identical to itself
+    embedded alone."""
+    words = ["bees", "sqlite", "ports", "tokens", "queens", "indexes", "sockets"] * 3
+    texts = [" ".join([word] * (7 * i % 11 + 1)) for i, word in enumerate(words)]
+    together = embedder.embed(texts).vectors
+    alone = np.stack([embedder.embed([t]).vectors[0] for t in texts])
+    assert np.array_equal(together, alone)
+
+
+def test_parallel_batches_match_serial_batches() -> None:
+    """A batching embedder (fused float graph, batches of 4) gives the same vectors with its
+    batches run on two threads at once as with one batch at a time (to float noise)."""
+    base = msgspec.structs.replace(default_embedder(), optimize="fused", batch_size=4)
+    vectors = []
+    for parallel in (1, 2):
+        spec = msgspec.structs.replace(base, parallel=parallel)
+        one = Embedder(spec, create_backend(spec))
+        texts = [f"sentence {i} about " + "honey bees " * (i % 6) for i in range(19)]
+        vectors.append(one.embed(texts).vectors)
+        one.close()
+    assert np.allclose(vectors[0], vectors[1], atol=1e-5)
 
 
 def test_long_input_truncated_and_reported(embedder: Embedder) -> None:

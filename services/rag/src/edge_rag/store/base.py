@@ -20,6 +20,8 @@ PREFETCH = 4
 DENSE, SPARSE = "dense", "bm25"
 """The named vectors of every collection."""
 SCROLL_PAGE = 1024
+QUANTILE = 0.99
+"""int8 quantization's range covers this share of the vector components (outliers clip)."""
 """Points read per page when every payload of a collection is walked."""
 
 
@@ -53,6 +55,13 @@ class HnswTuning(msgspec.Struct, frozen=True, kw_only=True):
     """Search-time candidate list (at least the limit): recall for time."""
     full_scan_threshold: int = 10_000
     """Below this many KB of vectors a segment is searched exactly (no graph)."""
+    quantize: bool = True
+    """Keep an int8 copy of the vectors in RAM (scalar quantization, 1/4 of the float
+    size) that the graph is built and walked on; the best `oversampling` x limit are then
+    rescored on the float vectors. Same recall, less work (loaded 2-core machine): at 30k,
+    store.search p50 0.55 vs 0.87 ms wall, 0.79 vs 1.11 ms CPU, recall@10 0.995 vs 0.993;
+    at 100k (bench/rag.py) ef 128 gave recall@10 0.98 at 0.67 ms p50, the build 73 s."""
+    oversampling: float = 2.0
 
 
 DEFAULT_HNSW = HnswTuning()

@@ -15,6 +15,7 @@ from edge_rag.store.base import (
     DEFAULT_HNSW,
     DENSE,
     PREFETCH,
+    QUANTILE,
     RRF_K,
     SCROLL_PAGE,
     SPARSE,
@@ -47,8 +48,15 @@ class QdrantEdgeStore:
         self._root = root
         self._hnsw = hnsw
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._checked: dict[str, int] = {}
+        """Dimension each open shard was created or loaded with a config of (checked)."""
         self._lock = threading.Lock()  # guards the dict; shards lock themselves
         self._bm25 = qe.Bm25()
+        self._rescore = (
+            qe.QuantizationSearchParams(rescore=True, oversampling=hnsw.oversampling)
+            if hnsw.quantize
+            else None
+        )
         root.mkdir(parents=True, exist_ok=True)
 
     def _config(self, dimension: int) -> qe.EdgeConfig:
@@ -57,8 +65,16 @@ class QdrantEdgeStore:
             ef_construct=self._hnsw.ef_construct,
             full_scan_threshold=self._hnsw.full_scan_threshold,
         )
+        int8 = qe.ScalarQuantizationConfig(
+            type=qe.ScalarType.Int8, quantile=QUANTILE, always_ram=True
+        )
+        dense = qe.EdgeVectorParams(
+            size=dimension,
+            distance=qe.Distance.Cosine,
+            quantization_config=int8 if self._hnsw.quantize else None,
+        )
         return qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+            vectors={DENSE: dense},
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             hnsw_config=hnsw,
         )
@@ -79,6 +95,8 @@ class QdrantEdgeStore:
     def create(self, collection: str, dimension: int) -> None:
         path = self._root / collection
         with self._lock:
+            if self._checked.get(collection) == dimension and collection in self._shards:
+                return  # every ingest ensures its collection: reloading took 15% of one
             if collection in self._shards:
                 shard = self._shards.pop(collection)
                 shard.close()
@@ -92,9 +110,11 @@ class QdrantEdgeStore:
                 except Exception as exc:  # qdrant-edge raises untyped errors
                     raise StoreError(f"collection {collection!r}: {exc}") from exc
             self._shards[collection] = shard
+            self._checked[collection] = dimension
 
     def drop(self, collection: str) -> None:
         with self._lock:
+            self._checked.pop(collection, None)
             if shard := self._shards.pop(collection, None):
                 shard.close()
             shutil.rmtree(self._root / collection, ignore_errors=True)
@@ -120,7 +140,7 @@ class QdrantEdgeStore:
         text: str | None = None,
         score_threshold: float | None = None,
     ) -> list[ScoredChunk]:
-        params = qe.SearchParams(hnsw_ef=max(self._hnsw.ef, limit))
+        params = qe.SearchParams(hnsw_ef=max(self._hnsw.ef, limit), quantization=self._rescore)
         dense = qe.Query.Nearest(vector, using=DENSE)
         if text is None:
             request = qe.QueryRequest(
@@ -176,3 +196,4 @@ class QdrantEdgeStore:
             for shard in self._shards.values():
                 shard.close()
             self._shards.clear()
+            self._checked.clear()

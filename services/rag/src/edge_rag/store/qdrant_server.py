@@ -13,6 +13,7 @@ from edge_rag.store.base import (
     DEFAULT_HNSW,
     DENSE,
     PREFETCH,
+    QUANTILE,
     RRF_K,
     SCROLL_PAGE,
     SPARSE,
@@ -57,6 +58,11 @@ class QdrantServerStore:
         else:
             self._client = QdrantClient(path=path or ":memory:")
         self._prefix, self._hnsw = prefix, hnsw
+        self._rescore = (
+            models.QuantizationSearchParams(rescore=True, oversampling=hnsw.oversampling)
+            if hnsw.quantize
+            else None
+        )
         self._server = bool(url)  # local mode has no indexes and searches exactly
         self._bm25 = qe.Bm25()  # the same BM25 vectors as the embedded store
 
@@ -82,6 +88,13 @@ class QdrantServerStore:
             vectors_config={
                 DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)
             },
+            quantization_config=models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=QUANTILE, always_ram=True
+                )
+            )
+            if self._hnsw.quantize
+            else None,
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             hnsw_config=models.HnswConfigDiff(
                 m=self._hnsw.m,
@@ -122,7 +135,11 @@ class QdrantServerStore:
         text: str | None = None,
         score_threshold: float | None = None,
     ) -> list[ScoredChunk]:
-        params = models.SearchParams(hnsw_ef=max(self._hnsw.ef, limit)) if self._server else None
+        params = (
+            models.SearchParams(hnsw_ef=max(self._hnsw.ef, limit), quantization=self._rescore)
+            if self._server
+            else None
+        )
         if text is None:
             response = self._client.query_points(
                 self._known(collection),
