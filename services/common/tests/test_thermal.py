@@ -53,3 +53,20 @@ def test_no_npu_driver_means_no_readings(tmp_path: Path) -> None:
     """On a box without Rockchip's driver both readings are None."""
     assert npu_load(tmp_path) is None
     assert npu_freq_mhz(tmp_path) is None
+
+
+def test_zones_are_listed_once_and_again_after_one_fails(tmp_path: Path) -> None:
+    """Temperatures are read afresh every time from the zones listed at the first read; a
+    zone that can no longer be read makes the next read list the zones again."""
+    make_tree(tmp_path, [("npu-thermal", "47500")])
+    zone0 = tmp_path / "class" / "thermal" / "thermal_zone0"
+    assert [r.celsius for r in read_zones(tmp_path)] == [47.5]
+    (zone0 / "temp").write_text("52000\n")
+    extra = tmp_path / "class" / "thermal" / "thermal_zone9"
+    extra.mkdir()
+    (extra / "type").write_text("soc-thermal\n")
+    (extra / "temp").write_text("40000\n")
+    assert [(r.zone, r.celsius) for r in read_zones(tmp_path)] == [("thermal_zone0", 52.0)]
+    (zone0 / "temp").unlink()  # the sensor went away
+    assert read_zones(tmp_path) == []
+    assert [(r.zone, r.celsius) for r in read_zones(tmp_path)] == [("thermal_zone9", 40.0)]

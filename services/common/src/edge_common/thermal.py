@@ -23,16 +23,34 @@ class ZoneReading(msgspec.Struct, frozen=True, kw_only=True):
     celsius: float
 
 
+_found: dict[Path, list[tuple[Path, str]]] = {}
+"""Zones and their types per sysfs root: listed once (the router reads the temperature on
+every chat request; the glob and the type files were most of that), again after a zone
+could not be read or while there is none."""
+
+
+def _zones(sysfs_root: Path) -> list[tuple[Path, str]]:
+    if not (zones := _found.get(sysfs_root)):
+        zones = []
+        for zone in sorted((sysfs_root / "class" / "thermal").glob("thermal_zone*")):
+            try:
+                zones.append((zone, (zone / "type").read_text().strip()))
+            except OSError:
+                continue
+        _found[sysfs_root] = zones
+    return zones
+
+
 def read_zones(sysfs_root: Path) -> list[ZoneReading]:
-    zones = []
-    for zone in sorted((sysfs_root / "class" / "thermal").glob("thermal_zone*")):
+    readings = []
+    for zone, kind in _zones(sysfs_root):
         try:
-            kind = (zone / "type").read_text().strip()
             millideg = int((zone / "temp").read_text().strip())
         except (OSError, ValueError):
+            _found.pop(sysfs_root, None)  # gone or failing: list the zones again next time
             continue  # a zone that cannot be read (sensor off, permission) is not a reading
-        zones.append(ZoneReading(zone=zone.name, type=kind, celsius=millideg / 1000))
-    return zones
+        readings.append(ZoneReading(zone=zone.name, type=kind, celsius=millideg / 1000))
+    return readings
 
 
 def npu_temperature(sysfs_root: Path) -> ZoneReading | None:

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from edge_router import openapi
 from edge_router.admission import Admission
 from edge_router.api import (
+    Chats,
     chat_completions,
     explain_route,
     health,
@@ -62,7 +63,7 @@ EXPOSED = [  # response headers a browser app may read (CORS)
         for k in ("requests", "tokens")
     ),
 ]
-PROVIDED = ("chat", "catalog", "admission", "cloud", "limits", "vision", "images", "rag")
+PROVIDED = ("chats", "catalog", "admission", "cloud", "vision", "images", "rag")
 
 
 def create_app(settings: RouterSettings) -> Litestar:
@@ -105,7 +106,6 @@ def create_app(settings: RouterSettings) -> Litestar:
             app.state.update(
                 traffic=traffic,
                 history=history,
-                limits=RateLimits(),
                 vision=vision,
                 images=images,
                 rag=rag,
@@ -113,18 +113,22 @@ def create_app(settings: RouterSettings) -> Litestar:
                 cloud=cloud,
                 catalog=catalog,
                 admission=admission,
-                chat=ChatService(
-                    llm,
-                    cloud,
-                    catalog,
-                    admission,
-                    settings.policy,
-                    Path(settings.sysfs_root),
-                    settings.local_only,
-                    settings.limits,
-                    ImageText(vision, images),
-                    Grounder(rag, catalog),
-                    Judge(rag, settings.policy.difficulty_budget_ms / 1e3),
+                chats=Chats(
+                    ChatService(
+                        llm,
+                        cloud,
+                        catalog,
+                        admission,
+                        settings.policy,
+                        Path(settings.sysfs_root),
+                        settings.local_only,
+                        settings.limits,
+                        ImageText(vision, images),
+                        Grounder(rag, catalog),
+                        Judge(rag, settings.policy.difficulty_budget_ms / 1e3),
+                    ),
+                    RateLimits(),
+                    settings,
                 ),
             )
             yield

@@ -24,6 +24,7 @@ import aiohttp
 import msgspec
 import stamina
 import structlog
+from aiohttp.http_exceptions import LineTooLong
 
 from edge_router.breaker import Breaker
 from edge_router.errors import BadGateway, UpstreamAnswer, unavailable
@@ -98,7 +99,7 @@ async def _next_event(lines: aiohttp.StreamReader) -> bytes | None:
             except msgspec.DecodeError as exc:
                 raise Retryable(f"malformed event: {exc}") from None
             return payload
-    except ValueError as exc:  # aiohttp: a line longer than its buffer
+    except (ValueError, LineTooLong) as exc:  # a line over aiohttp's limit (ValueError < 3.12)
         raise Retryable(f"malformed event: {exc}") from None
     raise Retryable("stream ended before [DONE]")
 
@@ -216,11 +217,15 @@ class CloudClient:
         client = self._http[u.name]
         data = msgspec.json.encode(body)
         try:
-            response = await client.post("chat/completions", data=data, proxy=self._proxy[u.name])
+            response = await client.post(
+                "chat/completions",
+                data=data,
+                proxy=self._proxy[u.name],
+                allow_redirects=False,  # a redirect is no answer (httpx never followed one)
+            )
         except TransportError as exc:
             raise Retryable(f"{type(exc).__name__}: {exc}") from None
         status = response.status
-        log.debug("cloud.response_head", upstream=u.name, status=status)
         if status == 429 or status >= 500:
             response.release()
             raise Retryable(f"HTTP {status}", retry_after_s(response.headers))

@@ -48,13 +48,14 @@ class Observation:
         # a label only once routed (an id the router knows): junk names would each add a
         # metric series for good; the log keeps (the start of) what was asked
         self.route, self.model = "none", "none"
+        self.reasons: list[str] = []
         self.asked = model[:200]
         self.ttft_s: float | None = None
         self.queue_wait_s: float | None = None
         self.usage: p.Usage | None = None
 
-    def routed(self, route: str, model: str) -> None:
-        self.route, self.model = route, model
+    def routed(self, route: str, model: str, reasons: list[str]) -> None:
+        self.route, self.model, self.reasons = route, model, reasons
 
     def payload(self, raw: bytes) -> None:
         """A body or an SSE payload on its way out: note first token, usage and text.
@@ -91,6 +92,7 @@ class Observation:
             "request.completed",
             route=self.route,
             model=self.model,
+            reasons=self.reasons,
             asked=self.asked,
             status=status,
             queue_wait_s=None if self.queue_wait_s is None else round(self.queue_wait_s, 4),

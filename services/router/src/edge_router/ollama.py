@@ -35,8 +35,7 @@ from msgspec import Meta
 
 from edge_router import policy
 from edge_router import protocol as p
-from edge_router.api import run_chat
-from edge_router.chat import ChatService
+from edge_router.api import Chats, run_chat
 from edge_router.cloud import CloudClient
 from edge_router.errors import (
     ApiError,
@@ -50,9 +49,7 @@ from edge_router.errors import (
 from edge_router.local_state import LocalCatalog
 from edge_router.metrics import Observation
 from edge_router.rag import RagClient, embedder_named
-from edge_router.ratelimit import RateLimits
 from edge_router.request_id import request_id_of
-from edge_router.settings import RouterSettings
 
 log = structlog.get_logger(__name__)
 VERSION = "0.9.0"
@@ -660,15 +657,11 @@ async def _answer(
     kind: Literal["chat", "generate"],
     asked: str,
     raw: dict[str, Any],
-    chat: ChatService,
-    limits: RateLimits,
-    settings: RouterSettings,
+    chats: Chats,
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     started = time.perf_counter_ns()
-    routed, headers, seen = await run_chat(
-        chat, limits, settings, request, openai_request(raw), raw
-    )
+    routed, headers, seen = await run_chat(chats, request, openai_request(raw), raw)
     reply = Reply(asked, kind, started)
     if isinstance(routed.body, bytes):
         seen.payload(routed.body)
@@ -698,11 +691,9 @@ async def _shown(model: str, catalog: LocalCatalog, cloud: CloudClient) -> dict[
 
 @post("/api/chat", status_code=200, exception_handlers=ERRORS, include_in_schema=False)
 async def ollama_chat(
-    chat: ChatService,
+    chats: Chats,
     catalog: LocalCatalog,
     cloud: CloudClient,
-    limits: RateLimits,
-    settings: RouterSettings,
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     """Ollama's chat (scope `chat`), run as /v1/chat/completions runs."""
@@ -710,17 +701,15 @@ async def ollama_chat(
     if not body.messages:
         await _shown(body.model, catalog, cloud)  # or 404
         return _loaded(body.model, "chat")
-    raw = chat_request(body, settings.limits.max_tokens)
-    return await _answer("chat", body.model, raw, chat, limits, settings, request)
+    raw = chat_request(body, chats.settings.limits.max_tokens)
+    return await _answer("chat", body.model, raw, chats, request)
 
 
 @post("/api/generate", status_code=200, exception_handlers=ERRORS, include_in_schema=False)
 async def ollama_generate(
-    chat: ChatService,
+    chats: Chats,
     catalog: LocalCatalog,
     cloud: CloudClient,
-    limits: RateLimits,
-    settings: RouterSettings,
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     """Ollama's generate (scope `chat`): the prompt as a one-turn chat."""
@@ -728,8 +717,8 @@ async def ollama_generate(
     if not body.prompt and not body.images:
         await _shown(body.model, catalog, cloud)  # or 404
         return _loaded(body.model, "generate")
-    raw = generate_request(body, settings.limits.max_tokens)
-    return await _answer("generate", body.model, raw, chat, limits, settings, request)
+    raw = generate_request(body, chats.settings.limits.max_tokens)
+    return await _answer("generate", body.model, raw, chats, request)
 
 
 @get("/api/tags", exception_handlers=ERRORS, include_in_schema=False)
