@@ -76,7 +76,8 @@ def test_request_logs_carry_the_request_id_but_no_key_or_prompt(
     assert len(done) == 1
     event = done[0]
     assert (event["route"], event["model"], event["status"]) == ("local", model, 200)
-    assert event["reasons"] and all(isinstance(r, str) for r in event["reasons"])
+    assert event["reasons"]
+    assert all(isinstance(r, str) for r in event["reasons"])
     assert event["key"] == "observer"
     assert event["completion_tokens"] == 3
     assert event["queue_wait_s"] >= 0
