@@ -6,8 +6,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless, same output everywhere
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 COLORS = {"direct": "#888888", "router": "#1f77b4", "litellm": "#d62728"}
+
+
+def _saved(fig: Figure, path: Path, title: str) -> Path:
+    """The figure titled, written to `path` and closed."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def boxes(
@@ -33,11 +43,7 @@ def boxes(
         if log:
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(fig, path, title)
 
 
 def cdfs(path: Path, title: str, panels: dict[str, dict[str, list[float]]], xlabel: str) -> Path:
@@ -54,11 +60,7 @@ def cdfs(path: Path, title: str, panels: dict[str, dict[str, list[float]]], xlab
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(fig, path, title)
 
 
 def bars(path: Path, title: str, panels: dict[str, dict[str, float]]) -> Path:
@@ -71,8 +73,4 @@ def bars(path: Path, title: str, panels: dict[str, dict[str, float]]) -> Path:
         )
         ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _saved(fig, path, title)

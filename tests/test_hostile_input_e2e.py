@@ -414,6 +414,47 @@ def test_an_endless_request_head_is_refused(slow_router: tuple[str, int]) -> Non
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
+def test_a_large_head_in_one_piece_is_refused(slow_router: tuple[str, int]) -> None:
+    """A request head over 16 KiB that arrives whole in one read (many headers) gets 431
+    too: the limit is not only checked between reads."""
+    junk = b"".join(b"x-junk-%d: %s\r\n" % (i, b"a" * 100) for i in range(500))
+    with socket.create_connection(slow_router) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: router\r\n" + junk + b"\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_head_under_the_limit_in_two_pieces_is_served(slow_router: tuple[str, int]) -> None:
+    """A 12 KB head sent in two halves a moment apart (two reads) is served: the bytes
+    counted as they came in are not counted again when the head is parsed."""
+    junk = b"".join(b"x-junk-%d: %s\r\n" % (i, b"a" * 100) for i in range(110))
+    head = b"GET /health HTTP/1.1\r\nHost: router\r\n" + junk + b"\r\n"
+    with socket.create_connection(slow_router) as sock:
+        sock.sendall(head[: len(head) // 2])
+        time.sleep(HEADER_TIMEOUT_S / 4)  # a slow client: the scenario
+        sock.sendall(head[len(head) // 2 :])
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_body_and_the_next_head_in_one_piece(slow_router: tuple[str, int]) -> None:
+    """A 20 KB body followed, in the same packet, by the start of the next request (HTTP
+    pipelining) is not mistaken for a 20 KB head: both requests are answered."""
+    payload = json.dumps({"model": "no-such-model", "messages": HI, "pad": "p" * 20000}).encode()
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload)
+    )
+    with socket.create_connection(slow_router) as sock:
+        sock.sendall(first + payload + GET_HEALTH[:20])
+        sock.sendall(GET_HEALTH[20:])
+        answers = b""
+        sock.settimeout(10)
+        while answers.count(b"HTTP/1.1 ") < 2 or not answers.rstrip().endswith(b"}"):
+            answers += sock.recv(65536)
+    assert answers.startswith(b"HTTP/1.1 404 ")
+    assert b"HTTP/1.1 200 OK" in answers
+
+
 def test_a_trickled_body_is_cut_off(slow_router: tuple[str, int]) -> None:
     """A complete head, then a body sent a byte at a time: the connection is closed once
     the body timeout passes (it held a connection, and a key's parallel slot, forever)."""

@@ -35,10 +35,14 @@ class _TimedRequestProtocol(HttpToolsProtocol):
     body_timeout_s = 30.0
     _timer: asyncio.TimerHandle | None = None
     _in_message = False
-    _refused = False
     """Between a request's first byte and its end (head and body)."""
     _head_bytes: int | None = None
     """Bytes of the current request head so far; None once the head is complete."""
+    _too_large = False
+    _refused = False
+    _ended_in_read = False
+    _by_reads = False
+    """The current head is counted by the bytes read, not by its parsed pieces."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -49,26 +53,62 @@ class _TimedRequestProtocol(HttpToolsProtocol):
             return  # after a 431: dropped until the client closes or the timer does
         if self._timer is None and not self._in_message:
             self._time(self.head_timeout_s)  # the first bytes of the next request, kept alive
+        self._ended_in_read = False
         super().data_received(data)
-        if self._head_bytes is not None:  # the head is still incomplete after these bytes
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse()
+        if self._head_bytes is not None and not self._ended_in_read:
+            # the head is still incomplete: httptools buffers a header it has not seen the
+            # end of, which the callbacks below cannot count. Not when a request ended in
+            # these bytes (pipelined): they are its body as much as the next head, and one
+            # read is bounded; the next reads count.
+            if not self._by_reads:  # what the callbacks counted is in these bytes too
+                self._by_reads, self._head_bytes = True, 0
+            self._count(len(data))
+        if self._too_large and not self._refused:
+            self._refuse()
+
+    def _count(self, head_bytes: int) -> None:
+        if self._head_bytes is not None:
+            self._head_bytes += head_bytes
+            self._too_large = self._head_bytes > MAX_HEAD_BYTES
 
     def on_message_begin(self) -> None:
-        self._in_message, self._head_bytes = True, 0
+        self._in_message, self._head_bytes, self._by_reads = True, 0, False
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        if not self._by_reads:  # else counted with the reads that brought it
+            self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._by_reads:
+            self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._too_large:
+            return  # refused once this read is parsed: the app never sees the request
         self._stop_timer()
         self._head_bytes = None
         self._time(self.body_timeout_s)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._too_large:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._too_large:
+            return
+        self._ended_in_read = True
         self._stop_timer()
         self._in_message = False
         super().on_message_complete()
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()  # no cycle then
+        if not upgrade and self.cycle.response_complete and not self.transport.is_closing():
+            # answered before its body ended (an early 404 or 413): the body's bytes since
+            # cancelled uvicorn's keep-alive timer, and nothing else would close it
+            self._time(self.head_timeout_s)
 
     def _refuse(self) -> None:
         """431, then the write side closed but reading on: closing with the client's bytes

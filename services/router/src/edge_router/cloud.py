@@ -35,9 +35,13 @@ T = TypeVar("T")
 
 
 class Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    """A failure that may pass. `reason` reaches the client; `detail` (the client library's
+    message, which may name the upstream's address or quote its bytes) only the log."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, detail: str = "") -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.detail = detail
 
 
 class MidStreamFailure(BadGateway):
@@ -57,8 +61,11 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (ValueError, OverflowError):  # neither seconds nor a date: as if none
+            return None
+        return max(0.0, when.timestamp() - time.time())
 
 
 def api_key(upstream: Upstream) -> tuple[str | None, str]:
@@ -84,23 +91,30 @@ def env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-async def _next_event(lines: aiohttp.StreamReader) -> bytes | None:
-    """The next SSE data payload (validated JSON), or None at `[DONE]`. A stream that ends
-    before `[DONE]` was cut: aiohttp ends a body read to EOF quietly even on a reset."""
+async def _next_event(lines: aiohttp.StreamReader, timeout_s: float) -> bytes | None:
+    """The next SSE data payload (validated JSON), or None at `[DONE]`, within `timeout_s`
+    (TimeoutError): aiohttp's socket read timeout neither fires while comments trickle in
+    nor after a broken chunk. A stream that ends before `[DONE]` was cut: aiohttp ends a
+    body read to EOF quietly even on a reset."""
     try:
-        async for line in lines:
-            if not line.startswith(b"data:"):
-                continue  # blank separators, comments, event names
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return None
-            try:
-                msgspec.json.decode(payload)
-            except msgspec.DecodeError as exc:
-                raise Retryable(f"malformed event: {exc}") from None
-            return payload
+        async with asyncio.timeout(timeout_s):
+            return await _event(lines)
     except (ValueError, LineTooLong) as exc:  # a line over aiohttp's limit (ValueError < 3.12)
-        raise Retryable(f"malformed event: {exc}") from None
+        raise Retryable("malformed event", detail=str(exc)) from None
+
+
+async def _event(lines: aiohttp.StreamReader) -> bytes | None:
+    async for line in lines:
+        if not line.startswith(b"data:"):
+            continue  # blank separators, comments, event names
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return None
+        try:
+            msgspec.json.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise Retryable("malformed event", detail=str(exc)) from None
+        return payload
     raise Retryable("stream ended before [DONE]")
 
 
@@ -202,6 +216,7 @@ class CloudClient:
                             upstream=name,
                             attempt=attempt.num,
                             reason=str(exc),
+                            detail=exc.detail,
                             breaker=breaker.state,
                         )
                         raise
@@ -224,20 +239,21 @@ class CloudClient:
                 allow_redirects=False,  # a redirect is no answer (httpx never followed one)
             )
         except TransportError as exc:
-            raise Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise Retryable(type(exc).__name__, detail=str(exc)) from None
         status = response.status
         if status == 429 or status >= 500:
             response.release()
             raise Retryable(f"HTTP {status}", retry_after_s(response.headers))
-        if status >= 400:
+        if status >= 300:
             try:
-                content = await response.read()
+                async with asyncio.timeout(u.read_timeout_s):
+                    content = await response.read()
             except TransportError:
                 content = b""
             finally:
                 response.release()
             if status in (400, 404, 413, 422):
-                raise UpstreamAnswer(status, content)
+                raise UpstreamAnswer(status, _as_openai_error(content, status, u.name))
             raise BadGateway(
                 f"Cloud upstream {u.name} refused the gateway (HTTP {status}).",
                 code="upstream_refused",
@@ -247,21 +263,22 @@ class CloudClient:
     async def _complete_once(self, u: Upstream, body: dict) -> bytes:
         response = await self._send(u, body)
         try:
-            content = await response.read()
+            async with asyncio.timeout(u.read_timeout_s):  # also after a broken chunk
+                content = await response.read()
         except TransportError as exc:
-            raise Retryable(f"{type(exc).__name__} while reading") from None
+            raise Retryable(f"{type(exc).__name__} while reading", detail=str(exc)) from None
         finally:
             response.release()
         try:
             msgspec.json.decode(content)
         except msgspec.DecodeError as exc:
-            raise Retryable(f"malformed response: {exc}") from None
+            raise Retryable("malformed response", detail=str(exc)) from None
         return content
 
     async def _open_stream(self, u: Upstream, body: dict) -> AsyncIterator[bytes]:
         response = await self._send(u, body)
         try:
-            first = await _next_event(response.content)
+            first = await _next_event(response.content, u.read_timeout_s)
         except TransportError as exc:
             response.release()
             raise Retryable(f"{type(exc).__name__} before the first event") from None
@@ -271,24 +288,38 @@ class CloudClient:
         if first is None:
             response.release()
             raise Retryable("stream ended before its first event")
-        return self._relay(u.name, response, first)
+        return self._relay(u, response, first)
 
     async def _relay(
-        self, name: str, response: aiohttp.ClientResponse, first: bytes
+        self, u: Upstream, response: aiohttp.ClientResponse, first: bytes
     ) -> AsyncIterator[bytes]:
         try:
             yield first
             while True:
                 try:
-                    event = await _next_event(response.content)
+                    event = await _next_event(response.content, u.read_timeout_s)
                 except (*TransportError, Retryable) as exc:
-                    self.breakers[name].failure()
-                    log.warning("cloud.stream_broken", upstream=name, reason=str(exc))
+                    self.breakers[u.name].failure()
+                    log.warning("cloud.stream_broken", upstream=u.name, reason=repr(exc))
                     raise MidStreamFailure(
-                        f"The cloud upstream {name} failed mid-stream.", code="upstream_failed"
+                        f"The cloud upstream {u.name} failed mid-stream.", code="upstream_failed"
                     ) from None
                 if event is None:
                     return
                 yield event
         finally:
             response.release()
+
+
+def _as_openai_error(content: bytes, status: int, upstream: str) -> bytes:
+    """An upstream's refusal as it sent it when it is OpenAI's error shape, else in it (a
+    proxy's HTML page, say, would reach clients that expect `error.message`)."""
+    try:
+        answer = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        return content
+    message = f"Cloud upstream {upstream} refused the request (HTTP {status})."
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return msgspec.json.encode({"error": error})
