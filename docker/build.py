@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from packaging.markers import Marker
@@ -191,6 +192,13 @@ def main() -> None:
     )
     parser.add_argument("--wheelhouse", type=Path, help="wheels kept between builds")
     parser.add_argument("--context", type=Path, help="keep the build context here")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="images built at once (one's file copies and layer commits overlap another's"
+        " installs; default: one per core)",
+    )
     args = parser.parse_args()
     services = args.services or list(SERVICES)
     if unknown := set(services) - set(SERVICES):
@@ -200,8 +208,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         context = args.context or Path(tmp)
         make_context(context, services, args.platform, wheelhouse, args.find_links, args.llm_cpu)
-        for service in services:
-            print(build_image(args.engine, context, service, args.platform, args.base, args.tag))
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            built = pool.map(
+                lambda service: build_image(
+                    args.engine, context, service, args.platform, args.base, args.tag
+                ),
+                services,
+            )
+            for image in built:
+                print(image)
 
 
 if __name__ == "__main__":
