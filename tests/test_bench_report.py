@@ -97,4 +97,5 @@ def test_tiny_report_has_every_section_with_numbers_and_charts(tmp_path: Path) -
     for chart in charts:
         png = tmp_path / chart
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
-        assert colored_pixels(png) > 100, f"{chart}: nothing plotted"
+        # a tiny run's boxes can be flat (2 equal values): their median line still shows
+        assert colored_pixels(png) > 20, f"{chart}: nothing plotted"
