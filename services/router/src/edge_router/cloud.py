@@ -246,8 +246,7 @@ class CloudClient:
             raise Retryable(f"HTTP {status}", retry_after_s(response.headers))
         if status >= 300:
             try:
-                async with asyncio.timeout(u.read_timeout_s):
-                    content = await response.read()
+                content = await _body(response, u.read_timeout_s)
             except TransportError:
                 content = b""
             finally:
@@ -263,8 +262,7 @@ class CloudClient:
     async def _complete_once(self, u: Upstream, body: dict) -> bytes:
         response = await self._send(u, body)
         try:
-            async with asyncio.timeout(u.read_timeout_s):  # also after a broken chunk
-                content = await response.read()
+            content = await _body(response, u.read_timeout_s)
         except TransportError as exc:
             raise Retryable(f"{type(exc).__name__} while reading", detail=str(exc)) from None
         finally:
@@ -309,6 +307,13 @@ class CloudClient:
                 yield event
         finally:
             response.release()
+
+
+async def _body(response: aiohttp.ClientResponse, timeout_s: float) -> bytes:
+    """The whole body within `timeout_s` (TimeoutError): after a broken chunk aiohttp drops
+    both the parse error and its socket read timer, and the read would wait for ever."""
+    async with asyncio.timeout(timeout_s):
+        return await response.read()
 
 
 def _as_openai_error(content: bytes, status: int, upstream: str) -> bytes:
