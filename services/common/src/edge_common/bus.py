@@ -20,6 +20,8 @@ from nats.micro import add_service
 from nats.micro.request import Handler
 from nats.micro.service import EndpointStats, Service
 
+from edge_common.wire import up_subject
+
 log = structlog.get_logger(__name__)
 
 
@@ -153,6 +155,7 @@ async def serve(
             await service.add_endpoint(
                 name=subject.replace(".", "-"), subject=subject, handler=handler
             )
+        await nc.publish(up_subject(name), service.id.encode())
         await nc.flush()
         log.info("service.started", name=name, id=service.id, subjects=list(endpoints))
         yield service

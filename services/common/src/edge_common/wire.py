@@ -75,6 +75,12 @@ def cancel_subject(service: str, request_id: str) -> str:
     return f"{service}.cancel.{request_id}"
 
 
+def up_subject(service: str) -> str:
+    """`up.<service>`: an instance of the service has started serving (the router looks for
+    it at once instead of at its next discovery round)."""
+    return f"up.{service}"
+
+
 def alive_subject(service: str, instance: str) -> str:
     """`<service>.alive.<instance>`: answered while that worker is connected."""
     return f"{service}.alive.{instance}"

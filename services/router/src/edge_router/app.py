@@ -96,6 +96,8 @@ def create_app(settings: RouterSettings) -> Litestar:
             await catalog.refresh()
             refresher = asyncio.create_task(catalog.run(settings.discovery_interval_s))
             stack.callback(refresher.cancel)
+            announced = await catalog.hear_announcements(nc)
+            stack.push_async_callback(announced.unsubscribe)
             admission = Admission(depth=settings.queue_depth, concurrency=lambda: catalog.instances)
             history = History(admission, Path(settings.sysfs_root), settings.status_sample_s)
             sampler = asyncio.create_task(history.run())
@@ -125,7 +127,7 @@ def create_app(settings: RouterSettings) -> Litestar:
                         settings.limits,
                         ImageText(vision, images),
                         Grounder(rag, catalog),
-                        Judge(rag, settings.policy.difficulty_budget_ms / 1e3),
+                        Judge(rag, catalog, settings.policy.difficulty_budget_ms / 1e3),
                     ),
                     RateLimits(),
                     settings,

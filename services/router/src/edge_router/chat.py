@@ -78,8 +78,10 @@ class ChatService:
         """What the policy decides on: the local catalog (refreshed at once when `model` is
         unknown), the admission queue, the NPU's temperature, the cloud's breakers."""
         known = model in policy.ALIASES or model in self._catalog.cards
-        if (not known and model not in self._cloud.models()) or not self._catalog.cards:
+        if not known and model not in self._cloud.models():
             await self._catalog.refresh_on_miss()  # a worker may have come up since
+        elif not self._catalog.cards:
+            await self._catalog.settled()  # one may be coming up just now
         zone = npu_temperature(self._sysfs_root)
         return policy.State(
             local=policy.Local(

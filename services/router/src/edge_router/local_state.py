@@ -1,9 +1,10 @@
 """What the router knows of the local side: the models served, which are loaded, what a
 switch costs, and how many workers there are.
 
-Refreshed from the llm services' micro STATS in the background, and at once when a request
-names a model it does not know (requests that miss together share one round: a flood of
-unknown names costs one round at a time, not one each).
+Refreshed from the services' micro STATS in the background, at once when a service announces
+that it started (`up.<service>`), and when a request names a model it does not know
+(requests that miss together share one round: a flood of unknown names costs one round at a
+time, not one each).
 
 A model (a chat model, a detector or an embedder) leaves the catalog when MISSED_ROUNDS
 discovery rounds in a row did not hear of it (one late STATS answer from a busy worker is no
@@ -17,7 +18,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from edge_common.protocol.vision import DEFAULT_MODEL
-from edge_common.wire import ModelCard
+from edge_common.wire import ModelCard, up_subject
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from edge_router.llm_client import LlmClient
 
@@ -105,11 +109,29 @@ class LocalCatalog:
         )
 
     async def refresh_on_miss(self) -> None:
-        """A request names a model nobody is known to serve: look again, or join the round
-        already under way."""
+        """A request names a model nobody is known to serve, or a service announced itself
+        (`up.<service>`): look again, or join the round already under way."""
         if self._miss_round is None or self._miss_round.done():
             self._miss_round = asyncio.ensure_future(self.refresh())
         await asyncio.shield(self._miss_round)
+
+    async def hear_announcements(self, nc: Client) -> Subscription:
+        """Look at once each time a service announces that it started."""
+
+        async def look(_: Msg) -> None:
+            try:
+                await self.refresh_on_miss()
+            except Exception:  # the bus may be reconnecting: the next round will do
+                log.exception("router.catalog_refresh_failed")
+
+        return await nc.subscribe(up_subject("*"), cb=look)
+
+    async def settled(self) -> None:
+        """Join the round a service's announcement or a miss started, if one is under way
+        (nothing to wait for otherwise: a side with nothing running is no reason to look
+        again on every request; services say when they start)."""
+        if self._miss_round is not None and not self._miss_round.done():
+            await asyncio.shield(self._miss_round)
 
     def mark_down(self, model: str) -> None:
         """No worker answered a request for `model`: it is gone until discovery finds it."""

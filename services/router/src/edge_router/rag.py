@@ -229,11 +229,11 @@ def _rows(embedded: proto.Embedded, encoding: str) -> list[Embedding]:
 
 async def embedder_named(catalog: LocalCatalog, asked: str) -> str:
     """The embedder `asked` names; an alias means the first one the rag workers serve, as the
-    catalog's background discovery knows them (a round now only if it knows none)."""
+    catalog's discovery knows them."""
     if asked not in ALIASES:
         return asked
     if not catalog.embedders:
-        await catalog.refresh_on_miss()
+        await catalog.settled()
     if not catalog.embedders:
         raise unavailable("No rag service is running; try again shortly.")
     return next(iter(catalog.embedders))

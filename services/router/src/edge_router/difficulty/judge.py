@@ -12,6 +12,7 @@ from edge_common.protocol import rag as rag_wire
 
 from edge_router.difficulty.classifier import Classifier, classifier
 from edge_router.errors import ApiError
+from edge_router.local_state import LocalCatalog
 from edge_router.rag import RagClient
 
 log = structlog.get_logger(__name__)
@@ -38,8 +39,15 @@ def _vector(reply: rag_wire.Embedded) -> "array.array[float]":
 class Judge:
     """Embeds a prompt's text through the rag worker and applies the classifier."""
 
-    def __init__(self, rag: RagClient, budget_s: float, model: Classifier | None = None) -> None:
+    def __init__(
+        self,
+        rag: RagClient,
+        catalog: LocalCatalog,
+        budget_s: float,
+        model: Classifier | None = None,
+    ) -> None:
         self._rag = rag
+        self._catalog = catalog
         self._budget_s = budget_s
         self._classifier = model or classifier()
 
@@ -51,14 +59,13 @@ class Judge:
         request = rag_wire.EmbedRequest(
             request_id=request_id or uuid.uuid4().hex, model=embedder, input=[text]
         )
-        try:
-            reply = await asyncio.wait_for(self._rag.embed(request), self._budget_s)
-        except TimeoutError:
-            why = f"embedder {embedder} did not answer within {self._budget_s * 1e3:.0f} ms"
-        except ApiError as exc:
-            why = f"embedder {embedder} unavailable: {exc.message}"
+        if embedder not in self._catalog.embedders:  # asking the bus would tell the same
+            why = f"embedder {embedder} unavailable: no rag service serves it"
         else:
-            if reply.dimension != self._classifier.dimension:
+            reply = await self._embed(request)
+            if isinstance(reply, str):
+                why = reply
+            elif reply.dimension != self._classifier.dimension:
                 why = f"embedder {embedder} answered {reply.dimension} dimensions"
             else:
                 ms = (time.perf_counter() - started) * 1e3
@@ -66,3 +73,12 @@ class Judge:
                 return Judgement(probability=p, embedder=embedder, embed_ms=round(ms, 2))
         log.info("router.difficulty_fallback", reason=why, request_id=request.request_id)
         return Judgement(probability=None, embedder=embedder, unavailable=why)
+
+    async def _embed(self, request: rag_wire.EmbedRequest) -> rag_wire.Embedded | str:
+        """The prompt's embedding within the budget, or why there is none."""
+        try:
+            return await asyncio.wait_for(self._rag.embed(request), self._budget_s)
+        except TimeoutError:
+            return f"embedder {request.model} did not answer within {self._budget_s * 1e3:.0f} ms"
+        except ApiError as exc:
+            return f"embedder {request.model} unavailable: {exc.message}"
