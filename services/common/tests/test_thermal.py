@@ -32,8 +32,10 @@ def test_npu_temperature(tmp_path: Path, zones: list[tuple[str, str]], expected:
 
 
 def test_no_thermal_zones(tmp_path: Path) -> None:
-    """A machine without thermal zones has no reading, not an error."""
+    """A machine without thermal zones has no reading, not an error, and is not listed
+    again on every read (zones are registered at boot: one appearing later is not seen)."""
     assert npu_temperature(tmp_path) is None
+    make_tree(tmp_path, [("npu-thermal", "47500")])
     assert read_zones(tmp_path) == []
 
 

@@ -26,11 +26,12 @@ class ZoneReading(msgspec.Struct, frozen=True, kw_only=True):
 _found: dict[Path, list[tuple[Path, str]]] = {}
 """Zones and their types per sysfs root: listed once (the router reads the temperature on
 every chat request; the glob and the type files were most of that), again after a zone
-could not be read or while there is none."""
+could not be read. A machine with none is not listed again (thermal zones are the kernel's,
+registered at boot)."""
 
 
 def _zones(sysfs_root: Path) -> list[tuple[Path, str]]:
-    if not (zones := _found.get(sysfs_root)):
+    if (zones := _found.get(sysfs_root)) is None:
         zones = []
         for zone in sorted((sysfs_root / "class" / "thermal").glob("thermal_zone*")):
             try:
