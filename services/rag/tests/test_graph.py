@@ -1,14 +1,18 @@
 """The embedder's graph rewrite (backends/graph.py) on the real default model: the rewritten
 graphs embed real sentences like the shipped one, are made once and then read from the
-cache, and a graph the rewrite does not recognise is used as it is."""
+cache, have one int8 attention node per layer, run unpadded calls without the mask to the
+same vectors, and a graph the rewrite does not recognise is used as it is."""
 
+from collections import Counter
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from edge_rag.backends import create_backend, default_embedder, graph
+from edge_rag.backends.onnxruntime import SLOWER
 from edge_rag.embed import Embedder
 
 SENTENCES = [
@@ -42,6 +46,45 @@ def test_rewrite_embeds_like_the_shipped_graph(cache: Path, optimize: str, floor
     stamp = made.stat().st_mtime_ns
     assert graph.rewritten(spec.path, spec.optimize) == str(made)
     assert made.stat().st_mtime_ns == stamp  # read from the cache, not made again
+
+
+def test_int8_rewrite_runs_each_layers_attention_as_one_qattention(cache: Path) -> None:
+    """Each of the 6 layers' query/key/value projections and attention is one int8
+    QAttention (one GEMM for Q, K and V); the only other int8 matmuls are each layer's
+    output projection and two feed-forward ones; the unmasked graph reads no mask."""
+    made = graph.rewritten(default_embedder().path, "int8")
+    ops = Counter(n.op_type for n in onnx.load(made).graph.node)
+    assert (ops["QAttention"], ops["MatMulInteger"]) == (6, 3 * 6)
+    assert not {"MatMul", "MultiHeadAttention", "Softmax", "Erf"} & set(ops)
+    unmasked = onnx.load_from_string(graph.unmasked(made))
+    attention = [n for n in unmasked.graph.node if n.op_type == "QAttention"]
+    assert len(attention) == 6
+    assert all(graph.MASK not in n.input for n in attention)
+    assert all(graph.MASK not in n.output for n in unmasked.graph.node)
+
+
+def test_unpadded_calls_skip_the_mask_padded_ones_keep_it(cache: Path) -> None:
+    """The backend gives exactly the masked rewrite's output both for one unpadded text (run
+    on the unmasked graph) and for a padded batch (run on the masked graph)."""
+    spec = default_embedder()
+    backend = create_backend(spec)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec.threads
+    masked = ort.InferenceSession(
+        graph.rewritten(spec.path, spec.optimize),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=SLOWER,
+    )
+    ids = np.random.default_rng(1).integers(1000, 20000, (3, 40)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 25:] = mask[2, 6:] = 0
+    for rows in (slice(0, 1), slice(0, 3)):
+        feed = {"input_ids": ids[rows], "attention_mask": mask[rows]}
+        feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        [expected] = masked.run(None, feed)
+        assert np.array_equal(backend.infer(**feed), expected)
+    backend.close()
 
 
 def test_unrecognised_graph_is_used_as_is(cache: Path, tmp_path: Path) -> None:
