@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from fake_openai import FakeOpenAI
 from nats import connect
+from stand_in import echo, stand_in
 
 ALIASES = {"auto", "local", "cloud"}
 QUIET = {"EDGE_ROUTER_DISCOVERY_INTERVAL_S": "120"}
@@ -79,3 +80,26 @@ async def test_a_worker_started_after_the_router_is_routed_to_at_once(
     assert listed == [answer.json()["model"]]
     assert answer.status_code == 200
     assert answer.headers["x-edge-route"] == "local"
+
+
+async def test_a_request_right_after_a_worker_started_does_not_join_an_older_round(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """Discovery rounds last their whole window (2 s here) while any service answers: a
+    request naming a model whose worker announced itself during a round that began before
+    it looks again (its answer, not a 404 from the older round's view)."""
+    with new_nats(tmp_path) as nats:
+        env = {**nats.env, **QUIET, "EDGE_ROUTER_DISCOVERY_WINDOW_S": "2"}
+        router = launch("router", tmp_path, env)
+        try:
+            async with (
+                stand_in(nats, "first", echo),  # its announcement starts a 2 s round
+                stand_in(nats, "second", echo),
+                httpx.AsyncClient(base_url=router.url, timeout=30) as http,
+            ):
+                body = {"model": "second", "messages": [{"role": "user", "content": "Hi"}]}
+                answer = await http.post("/v1/chat/completions", json=body)
+        finally:
+            router.proc.stop()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "Hi"

@@ -74,6 +74,7 @@ class LocalCatalog:
         """Every detector served since start (one gone is down, not unconfigured)."""
         """Detector -> seconds a detection first spends loading it (0: loaded)."""
         self._miss_round: asyncio.Future[None] | None = None
+        self._announced: asyncio.Future[None] | None = None
         self.cards: dict[str, ModelCard] = {}
         self.down: frozenset[str] = frozenset()
         """Models served before and gone now."""
@@ -109,29 +110,32 @@ class LocalCatalog:
         )
 
     async def refresh_on_miss(self) -> None:
-        """A request names a model nobody is known to serve, or a service announced itself
-        (`up.<service>`): look again, or join the round already under way."""
+        """A request names a model nobody is known to serve: look again, or join the round
+        another miss started already."""
         if self._miss_round is None or self._miss_round.done():
             self._miss_round = asyncio.ensure_future(self.refresh())
         await asyncio.shield(self._miss_round)
 
     async def hear_announcements(self, nc: Client) -> Subscription:
-        """Look at once each time a service announces that it started."""
+        """Look at once each time a service announces that it started: a round of its own,
+        begun after the announcement (one already under way may have asked before the
+        service was there). nats-py runs a subscription's callbacks one at a time."""
 
         async def look(_: Msg) -> None:
+            self._announced = asyncio.ensure_future(self.refresh())
             try:
-                await self.refresh_on_miss()
+                await self._announced
             except Exception:  # the bus may be reconnecting: the next round will do
                 log.exception("router.catalog_refresh_failed")
 
         return await nc.subscribe(up_subject("*"), cb=look)
 
     async def settled(self) -> None:
-        """Join the round a service's announcement or a miss started, if one is under way
-        (nothing to wait for otherwise: a side with nothing running is no reason to look
-        again on every request; services say when they start)."""
-        if self._miss_round is not None and not self._miss_round.done():
-            await asyncio.shield(self._miss_round)
+        """Join the round a service's announcement started, if one is under way (nothing to
+        wait for otherwise: a side with nothing running is no reason to look again on every
+        request; services say when they start)."""
+        if self._announced is not None and not self._announced.done():
+            await asyncio.shield(self._announced)
 
     def mark_down(self, model: str) -> None:
         """No worker answered a request for `model`: it is gone until discovery finds it."""
