@@ -7,6 +7,7 @@ formatter: three quarters of an event's cost, and the router logs one per reques
 loggers' records are formatted into the same shape.
 """
 
+import json
 import logging
 import sys
 
@@ -32,7 +33,10 @@ def _named(logger: _Named, __: str, event: EventDict) -> EventDict:
 
 
 def _render(_: WrappedLogger, __: str, event: EventDict) -> bytes:
-    return _encode(event)
+    try:
+        return _encode(event)
+    except UnicodeEncodeError:  # a lone surrogate (a file name's undecodable byte): escaped
+        return json.dumps(event, default=repr).encode()
 
 
 def configure_logging(service: str, level: str = "info") -> None:

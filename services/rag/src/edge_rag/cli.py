@@ -182,13 +182,13 @@ class LocalRag:
 
     async def ingest(self, request: proto.IngestRequest) -> AsyncIterator[IngestEvent]:
         """The service's own ingest job, run here (cancelled, it rolls back itself)."""
-        from edge_rag.library import files_under
+        from edge_rag.library import files_under, source_of
         from edge_rag.server import IngestJob
 
         files = await self._run(files_under, [Path(p) for p in request.paths])
         if not files:
             raise CliError("nothing to ingest: no files given or found")
-        sources = [(str(p), p.read_bytes, "") for p in files]
+        sources = [(source_of(p), p.read_bytes, "") for p in files]
         async for event in IngestJob(self._library, request, sources).events():
             yield event
 

@@ -10,6 +10,7 @@ How a document is (re)written so that neither readers nor a crash ever see two v
 """
 
 import hashlib
+import os
 import threading
 import time
 import uuid
@@ -55,6 +56,12 @@ def finish(steps: Generator[int, None, proto.FileResult]) -> proto.FileResult:
 
 def document_id(collection: str, source: str) -> str:
     return str(uuid.uuid5(IDS, f"{collection}\0{source}"))
+
+
+def source_of(path: Path) -> str:
+    """A file's path as its documents' `source`: a name's bytes that are not UTF-8 (a
+    filesystem takes any) written as `\\xNN` (the registry, the store and ids need text)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def files_under(paths: list[Path]) -> list[Path]:

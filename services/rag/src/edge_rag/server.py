@@ -20,7 +20,7 @@ from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter
 
 from edge_rag.errors import InvalidInput, RagError
-from edge_rag.library import Library, files_under
+from edge_rag.library import Library, files_under, source_of
 
 log = structlog.get_logger(__name__)
 INGESTS = Counter("edge_rag_ingests", "Ingests ended", ["outcome"])
@@ -199,7 +199,7 @@ class RagServer:
             files = await asyncio.to_thread(files_under, [Path(p) for p in request.paths])
         except RagError as exc:
             raise ServiceError(exc.code, exc.message) from None
-        sources = [(str(p), p.read_bytes, "") for p in files]
+        sources = [(source_of(p), p.read_bytes, "") for p in files]
         sources += [(f.name, _reader(f.content), f.media_type) for f in request.files]
         await self._accept(req, request, sources)
 

@@ -4,6 +4,7 @@ import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import structlog
@@ -115,12 +116,21 @@ class Chats(msgspec.Struct, frozen=True):
     settings: RouterSettings
 
 
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _header_value(text: str) -> str:
+    """`text` as a header value: printable ASCII as it is, anything else (a model id in
+    another script, a control character) and `%` percent-encoded as UTF-8."""
+    return quote(text, safe=_HEADER_SAFE)
+
+
 def _route_headers(routed: Routed) -> dict[str, str]:
     d = routed.decision
     return {
         "x-edge-route": d.target,
-        "x-edge-route-reason": "; ".join(d.reasons),
-        "x-edge-model": d.model,
+        "x-edge-route-reason": _header_value("; ".join(d.reasons)),
+        "x-edge-model": _header_value(d.model),
     }
 
 

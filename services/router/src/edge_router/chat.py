@@ -80,8 +80,8 @@ class ChatService:
         known = model in policy.ALIASES or model in self._catalog.cards
         if not known and model not in self._cloud.models():
             await self._catalog.refresh_on_miss()  # a worker may have come up since
-        elif not self._catalog.cards:
-            await self._catalog.settled()  # one may be coming up just now
+        elif model in policy.ALIASES and not self._catalog.cards:
+            await self._catalog.settled()  # a worker may be coming up just now
         zone = npu_temperature(self._sysfs_root)
         return policy.State(
             local=policy.Local(

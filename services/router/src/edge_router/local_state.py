@@ -75,6 +75,10 @@ class LocalCatalog:
         """Detector -> seconds a detection first spends loading it (0: loaded)."""
         self._miss_round: asyncio.Future[None] | None = None
         self._announced: asyncio.Future[None] | None = None
+        self._heard = 0
+        """Announcements heard so far."""
+        self._miss_heard = 0
+        """`_heard` when the current miss round began."""
         self.cards: dict[str, ModelCard] = {}
         self.down: frozenset[str] = frozenset()
         """Models served before and gone now."""
@@ -111,29 +115,38 @@ class LocalCatalog:
 
     async def refresh_on_miss(self) -> None:
         """A request names a model nobody is known to serve: look again, or join the round
-        another miss started already."""
-        if self._miss_round is None or self._miss_round.done():
+        another miss started, unless a service announced itself since that round began (it
+        asked before the service was there)."""
+        if self._miss_round is None or self._miss_round.done() or self._miss_heard != self._heard:
             self._miss_round = asyncio.ensure_future(self.refresh())
+            self._miss_heard = self._heard
         await asyncio.shield(self._miss_round)
 
     async def hear_announcements(self, nc: Client) -> Subscription:
-        """Look at once each time a service announces that it started: a round of its own,
-        begun after the announcement (one already under way may have asked before the
-        service was there). nats-py runs a subscription's callbacks one at a time."""
+        """Look each time a service announces that it started, in a round begun after the
+        announcement (one under way may have asked before the service was there); the
+        announcements heard during a round cost one more round, not one each."""
 
-        async def look(_: Msg) -> None:
-            self._announced = asyncio.ensure_future(self.refresh())
+        async def heard(_: Msg) -> None:
+            self._heard += 1
+            if self._announced is None or self._announced.done():
+                self._announced = asyncio.ensure_future(self._announced_rounds())
+
+        return await nc.subscribe(up_subject("*"), cb=heard)
+
+    async def _announced_rounds(self) -> None:
+        looked = -1
+        while looked != self._heard:
+            looked = self._heard
             try:
-                await self._announced
+                await self.refresh()
             except Exception:  # the bus may be reconnecting: the next round will do
                 log.exception("router.catalog_refresh_failed")
 
-        return await nc.subscribe(up_subject("*"), cb=look)
-
     async def settled(self) -> None:
-        """Join the round a service's announcement started, if one is under way (nothing to
-        wait for otherwise: a side with nothing running is no reason to look again on every
-        request; services say when they start)."""
+        """Join the rounds services' announcements started, if any are under way (nothing
+        to wait for otherwise: a side with nothing running is no reason to look again on
+        every request; services say when they start)."""
         if self._announced is not None and not self._announced.done():
             await asyncio.shield(self._announced)
 

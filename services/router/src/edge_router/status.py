@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from importlib import resources
 from pathlib import Path
+from urllib.parse import unquote
 
 import msgspec
 from edge_common.supervisor import ProcessStatus
@@ -192,7 +193,9 @@ class Traffic(ASGIMiddleware):
             nonlocal status, headers
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = {k: v.decode() for k, v in message["headers"] if k in _ROUTE_HEADERS}
+                headers = {
+                    k: unquote(v.decode()) for k, v in message["headers"] if k in _ROUTE_HEADERS
+                }
             await send(message)
 
         try:

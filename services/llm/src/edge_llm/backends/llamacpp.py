@@ -12,6 +12,7 @@ module, when a llama.cpp model is configured (its entry is edge_llm.backends.ggu
 """
 
 import codecs
+import ctypes
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import llama_cpp
+import structlog
 from edge_common.protocol.llm import ChatMessage, Tool
 from edge_common.wire import Capabilities, ModelCard
 from llama_cpp import Llama
@@ -30,8 +32,21 @@ from edge_llm.structured import parsed
 from edge_llm.threads import iterate_in_thread
 from edge_llm.tool_calls import is_native, template_inputs
 
+log = structlog.get_logger(__name__)
+
 if TYPE_CHECKING:
     from edge_llm.backends.base import Sampling
+
+
+@llama_cpp.llama_log_callback
+def _forward_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+    """llama.cpp's own log lines as JSON events (llama-cpp-python's callback printed some
+    raw, e.g. KV cache trims after a cancel): warnings and errors as warnings, the rest debug."""
+    if message := text.decode("utf-8", "replace").strip():
+        (log.warning if level in (2, 3) else log.debug)("llm.llama_cpp_log", message=message)
+
+
+llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p(0))  # once, for the process
 
 
 def uint32_seed(seed: int) -> int:
