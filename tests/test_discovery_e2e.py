@@ -2,7 +2,8 @@
 (`up.<service>`), so a router that knows of no local model does not look again on every
 request (a cloud-only board, or one whose workers all died, paid a discovery round per chat
 request: about 0.7 ms on the cloud path, a whole 0.25 s window when other services answer),
-yet a worker that comes up later is routed to at once, not at the next discovery round."""
+yet a worker that comes up later is routed to at once, not at the next discovery round, and
+a burst of announcements costs a round or two, not one each."""
 
 import asyncio
 import json
@@ -103,3 +104,61 @@ async def test_a_request_right_after_a_worker_started_does_not_join_an_older_rou
             router.proc.stop()
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "Hi"
+
+
+async def test_a_request_right_after_a_worker_started_does_not_join_an_older_miss_round(
+    launch, new_nats, tmp_path: Path
+) -> None:
+    """A request naming a model whose worker announced itself while a miss round (begun
+    before the worker was up, by a request for the same model) was under way gets its answer,
+    not a 404 from the older round's view (cb154ce fixed this for announcement rounds only)."""
+    with new_nats(tmp_path) as nats:
+        env = {**nats.env, **QUIET, "EDGE_ROUTER_DISCOVERY_WINDOW_S": "2"}
+        router = launch("router", tmp_path, env)
+        ops = await connect(nats.url, **nats.creds("ops"))
+        rounds = await ops.subscribe("$SRV.STATS.>")
+        try:
+            async with httpx.AsyncClient(base_url=router.url, timeout=30) as http:
+                body = {"model": "second", "messages": [{"role": "user", "content": "Hi"}]}
+                early = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
+                await rounds.next_msg(timeout=10)  # the early request's miss round asked the bus
+                async with stand_in(nats, "second", echo):  # announced once this is entered
+                    answer = await http.post("/v1/chat/completions", json=body)
+                await early
+        finally:
+            await ops.close()
+            router.proc.stop()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "Hi"
+
+
+async def test_a_burst_of_announcements_costs_a_round_or_two_not_one_each(
+    launch, new_nats, tmp_path: Path, cloud: FakeOpenAI
+) -> None:
+    """50 `up.llm` announcements at once (a flapping worker, or the ops user) start at most a
+    few discovery rounds in the 3 s after them, not one 0.5 s round per announcement queued
+    back to back (meanwhile every request of a router with no local model waits a window:
+    20 000 announcements held cloud requests at +250 ms for over an hour)."""
+    with new_nats(tmp_path) as nats:
+        upstream = {"name": "fake", "base_url": cloud.url, "models": ["cloud-model"]}
+        env = {
+            **nats.env,
+            **QUIET,
+            "EDGE_ROUTER_DISCOVERY_WINDOW_S": "0.5",
+            "EDGE_ROUTER_UPSTREAMS": json.dumps([upstream]),
+        }
+        router = launch("router", tmp_path, env)
+        ops = await connect(nats.url, **nats.creds("ops"))
+        rounds = await ops.subscribe("$SRV.STATS.llm")
+        try:
+            await ops.flush()
+            for _ in range(50):
+                await ops.publish("up.llm", b"flood")
+            await ops.flush()
+            await asyncio.sleep(3)  # the scenario: how many rounds the burst costs over time
+            await ops.flush()
+            asked = rounds.pending_msgs
+        finally:
+            await ops.close()
+            router.proc.stop()
+    assert 1 <= asked <= 3, f"{asked} discovery rounds in 3 s after 50 announcements"

@@ -1,7 +1,8 @@
-"""Defects found by probing session 6's changes (announcements, discovery on a miss, logging,
-response headers) through real processes: each test fails until its defect is fixed."""
+"""Names and text a service meets from outside (model ids in any script, file names that
+are not UTF-8, a library's own log lines) reach clients, the store and the logs intact:
+response headers percent-encode, sources escape undecodable bytes, every log line of a
+service is one JSON object."""
 
-import asyncio
 import json
 import os
 import subprocess
@@ -13,70 +14,11 @@ import httpx
 import pytest
 from edge_common import wire
 from edge_common.protocol import rag as rag_wire
-from fake_openai import FakeOpenAI
 from nats import connect
 from stand_in import echo, stand_in
 
 QUIET = {"EDGE_ROUTER_DISCOVERY_INTERVAL_S": "120"}
 """No background round during a test: the router learns from announcements and misses."""
-
-
-async def test_a_request_right_after_a_worker_started_does_not_join_an_older_miss_round(
-    launch, new_nats, tmp_path: Path
-) -> None:
-    """A request naming a model whose worker announced itself while a miss round (begun
-    before the worker was up, by a request for the same model) was under way gets its answer,
-    not a 404 from the older round's view (cb154ce fixed this for announcement rounds only)."""
-    with new_nats(tmp_path) as nats:
-        env = {**nats.env, **QUIET, "EDGE_ROUTER_DISCOVERY_WINDOW_S": "2"}
-        router = launch("router", tmp_path, env)
-        ops = await connect(nats.url, **nats.creds("ops"))
-        rounds = await ops.subscribe("$SRV.STATS.>")
-        try:
-            async with httpx.AsyncClient(base_url=router.url, timeout=30) as http:
-                body = {"model": "second", "messages": [{"role": "user", "content": "Hi"}]}
-                early = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
-                await rounds.next_msg(timeout=10)  # the early request's miss round asked the bus
-                async with stand_in(nats, "second", echo):  # announced once this is entered
-                    answer = await http.post("/v1/chat/completions", json=body)
-                await early
-        finally:
-            await ops.close()
-            router.proc.stop()
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["choices"][0]["message"]["content"] == "Hi"
-
-
-async def test_a_burst_of_announcements_costs_a_round_or_two_not_one_each(
-    launch, new_nats, tmp_path: Path, cloud: FakeOpenAI
-) -> None:
-    """50 `up.llm` announcements at once (a flapping worker, or the ops user) start at most a
-    few discovery rounds in the 3 s after them, not one 0.5 s round per announcement queued
-    back to back (meanwhile every request of a router with no local model waits a window:
-    20 000 announcements held cloud requests at +250 ms for over an hour)."""
-    with new_nats(tmp_path) as nats:
-        upstream = {"name": "fake", "base_url": cloud.url, "models": ["cloud-model"]}
-        env = {
-            **nats.env,
-            **QUIET,
-            "EDGE_ROUTER_DISCOVERY_WINDOW_S": "0.5",
-            "EDGE_ROUTER_UPSTREAMS": json.dumps([upstream]),
-        }
-        router = launch("router", tmp_path, env)
-        ops = await connect(nats.url, **nats.creds("ops"))
-        rounds = await ops.subscribe("$SRV.STATS.llm")
-        try:
-            await ops.flush()
-            for _ in range(50):
-                await ops.publish("up.llm", b"flood")
-            await ops.flush()
-            await asyncio.sleep(3)  # the scenario: how many rounds the burst costs over time
-            await ops.flush()
-            asked = rounds.pending_msgs
-        finally:
-            await ops.close()
-            router.proc.stop()
-    assert 1 <= asked <= 3, f"{asked} discovery rounds in 3 s after 50 announcements"
 
 
 @pytest.mark.parametrize("model", ["modèle-日本", "m\u2028x"])
