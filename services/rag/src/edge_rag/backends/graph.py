@@ -71,12 +71,16 @@ def rewritten(path: str, optimize: Optimize) -> str:
         return path
 
 
-def unmasked(path: str) -> bytes | None:
-    """The rewritten model at `path` with its attention reading no padding mask (serialized),
-    or None when it has no attention of this rewrite's. The same computation as the masked
-    graph when no position is padding (one text per call), minus onnxruntime's mask work in
-    each layer's attention (building a [batch, T, T] float mask and adding it to every
-    head's scores: ~2.5% of a 70-token int8 call)."""
+def unmasked(path: str) -> str | None:
+    """The rewritten model at `path` with its attention reading no padding mask, made once
+    beside it (the cache; loading and editing it took 0.2 s of every embedder's start), or
+    None when it has no attention of this rewrite's or the cache is not writable. The same
+    computation as the masked graph when no position is padding (one text per call), minus
+    onnxruntime's mask work in each layer's attention (building a [batch, T, T] float mask
+    and adding it to every head's scores: ~2.5% of a 70-token int8 call)."""
+    target = Path(path).with_name(f"{Path(path).stem}-unmasked.onnx")
+    if target.is_file():
+        return str(target)
     import onnx
 
     model = onnx.load(path)
@@ -87,7 +91,14 @@ def unmasked(path: str) -> bytes | None:
     for node in attention:
         node.input[MASK_INPUT[node.op_type]] = ""
     nodes.remove(next(n for n in nodes if MASK in n.output))  # its Cast: read by nothing now
-    return model.SerializeToString()
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as made:
+            made.write(model.SerializeToString())
+        os.replace(made.name, target)  # atomic: a concurrent worker sees a whole file or none
+    except OSError as exc:
+        log.warning("rag.graph_not_rewritten", model=path, reason=f"cache not writable: {exc}")
+        return None
+    return str(target)
 
 
 def _made(path: str, optimize: Optimize, target: Path) -> str:

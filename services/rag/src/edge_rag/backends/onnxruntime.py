@@ -79,7 +79,7 @@ class OnnxRuntimeBackend:
                 self._padded = self._load(self._path)
             return self._padded
 
-    def _load(self, model: str | bytes) -> "ort.InferenceSession":
+    def _load(self, model: str) -> "ort.InferenceSession":
         import onnxruntime as ort
 
         return ort.InferenceSession(
