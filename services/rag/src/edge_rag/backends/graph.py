@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 Optimize = Literal["int8", "fused", "off"]
-RECIPE = 3
+RECIPE = 4
 """Bump when the rewrite changes, so older cached files are not reused."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-ai" / "rag"
 MIN_COSINE = {"fused": 0.999, "int8": 0.97}
@@ -72,33 +72,32 @@ def rewritten(path: str, optimize: Optimize) -> str:
 
 
 def unmasked(path: str) -> str | None:
-    """The rewritten model at `path` with its attention reading no padding mask, made once
-    beside it (the cache; loading and editing it took 0.2 s of every embedder's start), or
-    None when it has no attention of this rewrite's or the cache is not writable. The same
-    computation as the masked graph when no position is padding (one text per call), minus
-    onnxruntime's mask work in each layer's attention (building a [batch, T, T] float mask
-    and adding it to every head's scores: ~2.5% of a 70-token int8 call)."""
-    target = Path(path).with_name(f"{Path(path).stem}-unmasked.onnx")
-    if target.is_file():
-        return str(target)
+    """The rewritten model at `path` with its attention reading no padding mask (made with
+    it, beside it in the cache), or None when there is none. The same computation as the
+    masked graph when no position is padding (one text per call), minus onnxruntime's mask
+    work in each layer's attention (building a [batch, T, T] float mask and adding it to
+    every head's scores: ~2.5% of a 70-token int8 call)."""
+    target = _unmasked_name(Path(path))
+    return str(target) if target.is_file() else None
+
+
+def _unmasked_name(rewritten_path: Path) -> Path:
+    return rewritten_path.with_name(f"{rewritten_path.stem}-unmasked.onnx")
+
+
+def _strip_mask(made: Path) -> Path:
+    """`made` (a rewrite) with no attention reading the mask, saved beside it."""
     import onnx
 
-    model = onnx.load(path)
+    model = onnx.load(str(made))
     nodes = model.graph.node
-    attention = [n for n in nodes if n.op_type in MASK_INPUT and MASK in n.input]
-    if not attention:
-        return None
-    for node in attention:
-        node.input[MASK_INPUT[node.op_type]] = ""
+    for node in nodes:
+        if node.op_type in MASK_INPUT and MASK in node.input:
+            node.input[MASK_INPUT[node.op_type]] = ""
     nodes.remove(next(n for n in nodes if MASK in n.output))  # its Cast: read by nothing now
-    try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as made:
-            made.write(model.SerializeToString())
-        os.replace(made.name, target)  # atomic: a concurrent worker sees a whole file or none
-    except OSError as exc:
-        log.warning("rag.graph_not_rewritten", model=path, reason=f"cache not writable: {exc}")
-        return None
-    return str(target)
+    stripped = _unmasked_name(made)
+    onnx.save(model, str(stripped))
+    return stripped
 
 
 def _made(path: str, optimize: Optimize, target: Path) -> str:
@@ -112,7 +111,10 @@ def _made(path: str, optimize: Optimize, target: Path) -> str:
         if cosine < MIN_COSINE[optimize]:
             log.warning("rag.graph_not_rewritten", model=path, cosine=cosine)
             return path
-        os.replace(made, target)  # atomic: a concurrent worker sees a whole file or none
+        # atomic: a concurrent worker sees a whole file or none; the unmasked one first, so
+        # that a rewrite in the cache has it
+        os.replace(_strip_mask(made), _unmasked_name(target))
+        os.replace(made, target)
     log.info("rag.graph_rewritten", model=path, optimize=optimize, cosine=round(cosine, 5))
     return str(target)
 
