@@ -198,3 +198,21 @@ def test_the_lock_refuses_a_second_opener(tmp_path: Path) -> None:
         refused = cli("collections", run_dir=tmp_path, nats_url=f"nats://127.0.0.1:{free_port()}")
         assert refused.returncode == 2
         assert f"(pid {os.getpid()})" in refused.stderr
+
+
+def test_delete_by_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A file whose name's bytes are not UTF-8, ingested from a folder, is deleted by the
+    same path given to `delete --source` (named as ingest named it, not a crash)."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "plain.md").write_text("The tide tables are pinned by the harbour office door.")
+    odd = os.fsencode(folder) + b"/caf\xe9 menu.md"  # Latin-1, as an old archive names it
+    Path(os.fsdecode(odd)).write_text("Soup of the day is leek and potato, served at noon.")
+    at = {"run_dir": tmp_path, "nats_url": f"nats://127.0.0.1:{free_port()}"}
+    assert cli("ingest", str(folder), "--collection", "kb", **at).returncode == 0
+    deleted = cli("delete", "--collection", "kb", "--source", os.fsdecode(odd), **at)
+    assert deleted.returncode == 0, deleted.stderr
+    listed = cli("collections", "--documents", "kb", "--json", **at)
+    assert [d["source"] for d in json.loads(listed.stdout)["documents"]] == [
+        str(folder / "plain.md")
+    ]

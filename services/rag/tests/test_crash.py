@@ -10,14 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_common.protocol import rag as proto
-from edge_rag.library import Library, finish
+from edge_rag.library import Library, Source, results
 
 CHILD = """
 import sys
 from pathlib import Path
+from edge_common.protocol import rag as proto
 from edge_rag.backends import create_backend, default_embedder
 from edge_rag.embed import Embedder
-from edge_rag.library import Library
+from edge_rag.library import Library, Source
 from edge_rag.registry import Registry
 from edge_rag.store import StoreConfig, open_store
 
@@ -31,8 +32,9 @@ library = Library(
     overlap_tokens=32,
     batch=4,
 )
-for done in library.ingest("docs", source.name, source.read_bytes()):
-    print(done, flush=True)
+for step in library.ingest("docs", [Source(source.name, source.read_bytes)]):
+    if isinstance(step, proto.Progress):  # a batch (or the file) is stored
+        print("stored", step.chunks_done, flush=True)
 """
 
 
@@ -49,7 +51,7 @@ def test_kill_during_reingest(tmp_path: Path, open_library: Callable[[Path], Lib
     data, doc = tmp_path / "data", tmp_path / "manual.txt"
     doc.write_text(version(1))
     library = open_library(data)
-    v1 = finish(library.ingest("docs", doc.name, doc.read_bytes()))
+    [v1] = results(library.ingest("docs", [Source(doc.name, doc.read_bytes)]))
     library.store.close()
     library.registry.close()
 
@@ -61,8 +63,11 @@ def test_kill_during_reingest(tmp_path: Path, open_library: Callable[[Path], Lib
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert child.stdout is not None
-    for _ in range(3):  # three batches of v2 are in the store, the rest is not
-        assert child.stdout.readline().strip()
+    stored = 0  # the child's logs go to stdout too
+    while stored < 3:  # three batches of v2 are in the store, the rest is not
+        line = child.stdout.readline()
+        assert line, "the child ended before storing three batches"
+        stored += line.startswith("stored ")
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
 
@@ -78,7 +83,7 @@ def test_kill_during_reingest(tmp_path: Path, open_library: Callable[[Path], Lib
         assert hits
         assert all(h.text.startswith("Version 1") for h in hits)
 
-        again = finish(library.ingest("docs", doc.name, doc.read_bytes()))
+        [again] = results(library.ingest("docs", [Source(doc.name, doc.read_bytes)]))
         assert again.outcome == "replaced"
         audit = library.audit("docs")
         assert (audit.chunks, audit.duplicates, audit.orphans) == (again.chunks, 0, 0)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from edge_common.protocol import rag as proto
-from edge_rag.errors import InvalidInput, NotFound, UnsupportedDocument
-from edge_rag.library import Library, files_under, finish
+from edge_rag.errors import InvalidInput, NotFound
+from edge_rag.library import Library, Source, files_under, results
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -24,12 +24,8 @@ QUESTIONS = [
 
 
 def ingest_all(library: Library, collection: str, root: Path = CORPUS) -> list[proto.FileResult]:
-    results = []
-    for path in files_under([root]):
-        results.append(
-            finish(library.ingest(collection, str(path.relative_to(root)), path.read_bytes()))
-        )
-    return results
+    sources = [Source(str(p.relative_to(root)), p.read_bytes) for p in files_under([root])]
+    return results(library.ingest(collection, sources))
 
 
 def search(library: Library, query: str, **kw: Any) -> proto.SearchResult:
@@ -92,7 +88,7 @@ def test_changed_file_replaced_and_deleted(library: Library, tmp_path: Path) -> 
 
 def test_filters_and_listing(library: Library) -> None:
     """Payload filters keep hits to one document; the listing counts documents and chunks."""
-    results = ingest_all(library, "docs")
+    ingested = ingest_all(library, "docs")
     hits = search(
         library, "honey", top_k=10, filter={"source": ["bread.md", "lighthouse.txt"]}
     ).hits
@@ -100,7 +96,11 @@ def test_filters_and_listing(library: Library) -> None:
     assert {h.source for h in hits} <= {"bread.md", "lighthouse.txt"}
     listing = library.listing(proto.CollectionsRequest(documents_of="docs"))
     [info] = listing.collections
-    assert (info.documents, info.chunks, info.dimension) == (4, sum(r.chunks for r in results), 384)
+    assert (info.documents, info.chunks, info.dimension) == (
+        4,
+        sum(r.chunks for r in ingested),
+        384,
+    )
     assert sorted(d.source for d in listing.documents) == [
         "bees.md",
         "bread.md",
@@ -113,9 +113,11 @@ def test_refusals(library: Library, tmp_path: Path) -> None:
     """Unknown collections, unsupported or empty files and missing paths are refused clearly."""
     with pytest.raises(NotFound, match="No collection `nope`"):
         library.search(proto.SearchRequest(request_id="t", collection="nope", query="x"))
-    with pytest.raises(UnsupportedDocument, match="not a supported document type"):
-        finish(library.ingest("docs", "image.png", b"\x89PNG"))
-    with pytest.raises(UnsupportedDocument, match="no text found"):
-        finish(library.ingest("docs", "empty.md", b"\n\n"))
+    image, empty = results(
+        library.ingest("docs", [Source.of("image.png", b"\x89PNG"), Source.of("empty.md", b"\n\n")])
+    )
+    assert (image.outcome, empty.outcome) == ("failed", "failed")
+    assert "not a supported document type" in image.error
+    assert "no text found" in empty.error
     with pytest.raises(InvalidInput, match="no such file or folder"):
         files_under([tmp_path / "missing"])

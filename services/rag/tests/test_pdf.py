@@ -5,7 +5,7 @@ import io
 
 import matplotlib
 from edge_common.protocol import rag as proto
-from edge_rag.library import Library, finish
+from edge_rag.library import Library, Source, results
 
 matplotlib.use("pdf")  # no display: the PDF backend writes real text objects
 import matplotlib.pyplot as plt
@@ -32,7 +32,7 @@ def pdf_of(pages: list[str]) -> bytes:
 
 def test_pdf_text_and_pages_come_back_in_hits(library: Library) -> None:
     """Each page's text is found by a question about it, cited with its page number."""
-    result = finish(library.ingest("pdfs", "manual.pdf", pdf_of(PAGES)))
+    [result] = results(library.ingest("pdfs", [Source.of("manual.pdf", pdf_of(PAGES))]))
     assert result.outcome == "added"
     questions = [
         ("Who lights the lamp of the lighthouse?", 1),

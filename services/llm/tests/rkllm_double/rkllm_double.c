@@ -145,6 +145,7 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *p, RKLLMCallback *cb) {
     if (!p->model_path || access(p->model_path, R_OK) != 0) return -1;
     g_cb = *cb;
     g_max_new_tokens = p->max_new_tokens;
+    g_kv_size = 0; /* a new instance holds no history, whatever the last one left */
     *handle = &g_handle_storage;
     return 0;
 }

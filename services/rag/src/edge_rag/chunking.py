@@ -1,7 +1,8 @@
 """Blocks to chunks of at most `max_tokens` tokens (the embedder's own tokenizer counts),
 packed paragraph by paragraph, with `overlap` tokens of whole paragraphs (or sentences)
 repeated from the chunk before. A heading or page change starts a new chunk; a paragraph too long
-for one is split at sentences, and a sentence too long at words."""
+for one is split at sentences, a sentence too long at words, and a word too long (a blob
+with no space) by characters."""
 
 import re
 from collections.abc import Callable
@@ -10,6 +11,9 @@ import msgspec
 
 from edge_rag.loaders import Block
 
+CHARS_PER_TOKEN = 16
+"""Most characters a chunk holds per token of max_tokens: WordPiece reads a word of over 100
+characters as one [UNK] token, so a blob with no space counts as a few tokens."""
 SENTENCE = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+")  # also CJK full stops
 Counter = Callable[[list[str]], list[int]]
 
@@ -32,41 +36,78 @@ class _Piece(msgspec.Struct, frozen=True):
     page: int | None
     tokens: int
 
+    @property
+    def size(self) -> int:
+        """Its room in a chunk: its tokens, or its characters / CHARS_PER_TOKEN if more."""
+        return max(self.tokens, len(self.text) // CHARS_PER_TOKEN)
 
-def _split(block: Block, tokens: int, count: Counter, max_tokens: int) -> list[_Piece]:
-    """A block as pieces of at most max_tokens: itself, its sentences, or word runs."""
-    if tokens <= max_tokens:
-        return [_Piece(block.text, block.section, block.page, tokens)]
-    sentences = [s for s in SENTENCE.split(block.text) if s.strip()]
-    if len(sentences) > 1:
-        pieces = []
-        for sentence, n in zip(sentences, count(sentences), strict=True):
-            pieces += _split(
-                Block(text=sentence, section=block.section, page=block.page), n, count, max_tokens
-            )
-        return pieces
-    words = block.text.split()
-    pieces, run, run_tokens = [], [], 0
-    for word, n in zip(words, count(words), strict=True):
-        if run and run_tokens + n > max_tokens:
-            pieces.append(_Piece(" ".join(run), block.section, block.page, run_tokens))
-            run, run_tokens = [], 0
-        run.append(word)
-        run_tokens += n
-    if run:
-        pieces.append(_Piece(" ".join(run), block.section, block.page, run_tokens))
+
+def _pieces(blocks: list[Block], count: Counter, max_tokens: int) -> list[_Piece]:
+    """Blocks as pieces of at most max_tokens: whole; else cut at sentences (each a piece);
+    a sentence still too long into runs of words; a word too long (a URL, a base64 blob, a
+    line of minified code) into runs of characters. Each level counts all it cut in one
+    call (a call per paragraph took twice as long on a 6 MB text)."""
+    pieces = [
+        _Piece(b.text, b.section, b.page, n)
+        for b, n in zip(blocks, count([b.text for b in blocks]), strict=True)
+    ]
+    for cut, joiner in ((_sentences, None), (_words, " "), (_characters, "")):
+        over = [p for p in pieces if p.size > max_tokens]
+        if not over:
+            break
+        parts = [cut(p, max_tokens) for p in over]
+        counts = iter(count([text for texts in parts for text in texts]))
+        cuts = iter(parts)
+        done: list[_Piece] = []
+        for p in pieces:
+            if p.size <= max_tokens:
+                done.append(p)
+                continue
+            texts = next(cuts)
+            cut_up = [_Piece(t, p.section, p.page, next(counts)) for t in texts]
+            done += cut_up if joiner is None else _runs(cut_up, joiner, max_tokens)
+        pieces = done
     return pieces
+
+
+def _sentences(piece: _Piece, max_tokens: int) -> list[str]:
+    return [s for s in SENTENCE.split(piece.text) if s.strip()]
+
+
+def _words(piece: _Piece, max_tokens: int) -> list[str]:
+    return piece.text.split()
+
+
+def _characters(piece: _Piece, max_tokens: int) -> list[str]:
+    """Slices of a quarter of what fits at the piece's own characters per token."""
+    step = max(1, len(piece.text) * max_tokens // (4 * piece.size))
+    return [piece.text[i : i + step] for i in range(0, len(piece.text), step)]
+
+
+def _runs(pieces: list[_Piece], joiner: str, max_tokens: int) -> list[_Piece]:
+    """`pieces` of one piece joined in order into runs of at most max_tokens."""
+    runs: list[_Piece] = []
+    run: list[_Piece] = []
+    for piece in pieces:
+        if run and sum(p.size for p in run) + piece.size > max_tokens:
+            runs.append(_joined(run, joiner))
+            run = []
+        run.append(piece)
+    return [*runs, _joined(run, joiner)] if run else runs
+
+
+def _joined(run: list[_Piece], joiner: str) -> _Piece:
+    first = run[0]
+    return _Piece(
+        joiner.join(p.text for p in run), first.section, first.page, sum(p.tokens for p in run)
+    )
 
 
 def chunk_blocks(
     blocks: list[Block], count: Counter, *, max_tokens: int, overlap: int
 ) -> list[Chunk]:
     """Chunks of `blocks` in order, indexed from 0."""
-    pieces = [
-        piece
-        for block, n in zip(blocks, count([b.text for b in blocks]), strict=True)
-        for piece in _split(block, n, count, max_tokens)
-    ]
+    pieces = _pieces(blocks, count, max_tokens)
     chunks: list[Chunk] = []
     current: list[_Piece] = []
     fresh = 0  # pieces of `current` not yet in an emitted chunk
@@ -82,19 +123,19 @@ def chunk_blocks(
         )
 
     for piece in pieces:
-        size = sum(p.tokens for p in current)
+        size = sum(p.size for p in current)
         # a chunk stays on one page (a PDF's): what a citation names is where its text is
         moved = current and (piece.section, piece.page) != (current[-1].section, current[-1].page)
-        if current and (moved or size + piece.tokens > max_tokens):
+        if current and (moved or size + piece.size > max_tokens):
             if fresh:
                 emit()
             tail: list[_Piece] = []  # the overlap: whole trailing pieces, same section and page
             if not moved:
                 for p in reversed(current):
-                    if sum(t.tokens for t in tail) + p.tokens > overlap:
+                    if sum(t.size for t in tail) + p.size > overlap:
                         break
                     tail.insert(0, p)
-            while tail and sum(t.tokens for t in tail) + piece.tokens > max_tokens:
+            while tail and sum(t.size for t in tail) + piece.size > max_tokens:
                 tail.pop(0)
             current, fresh = tail, 0
         current.append(piece)

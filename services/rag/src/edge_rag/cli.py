@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edge_rag.errors import RagError
+from edge_rag.loaders import source_of
 
 if TYPE_CHECKING:
     from edge_rag.library import Library
@@ -182,13 +183,13 @@ class LocalRag:
 
     async def ingest(self, request: proto.IngestRequest) -> AsyncIterator[IngestEvent]:
         """The service's own ingest job, run here (cancelled, it rolls back itself)."""
-        from edge_rag.library import files_under, source_of
+        from edge_rag.library import sources_under
         from edge_rag.server import IngestJob
 
-        files = await self._run(files_under, [Path(p) for p in request.paths])
-        if not files:
+        await self._run(self._library.compatible, request.collection)
+        sources = await self._run(sources_under, [Path(p) for p in request.paths])
+        if not sources:
             raise CliError("nothing to ingest: no files given or found")
-        sources = [(source_of(p), p.read_bytes, "") for p in files]
         async for event in IngestJob(self._library, request, sources).events():
             yield event
 
@@ -421,8 +422,8 @@ def _absolute(path: str) -> str:
 
 def _source(text: str) -> str:
     """A document's source: a path on this disk absolute, as ingest named it; else as
-    given (an upload's name)."""
-    return _absolute(text) if Path(text).exists() else text
+    given (an upload's name); bytes that are not UTF-8 escaped as ingest wrote them."""
+    return source_of(Path(text).absolute() if Path(text).exists() else text)
 
 
 def _top_k(text: str) -> int:

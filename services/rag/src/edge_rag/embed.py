@@ -4,7 +4,8 @@ attention mask, L2-normalise. Cosine similarity is then a dot product.
 Batches are formed from texts of similar length (sorted), so little compute goes to padding;
 a fixed-shape backend (an RKNN model on the NPU) gets every batch padded to its shape. The
 batches of one call run `parallel` at once, each on its own thread (the runtime releases the
-GIL): a text's vector comes from its own batch whichever thread runs it.
+GIL), longest first, so a call ends on short ones rather than with one core busy on a long
+one and the others idle: a text's vector comes from its own batch whichever thread runs it.
 """
 
 import os
@@ -66,7 +67,8 @@ class Embedder:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text without special tokens and without truncation (chunking)."""
-        return [len(e.ids) for e in self._counter.encode_batch(texts, add_special_tokens=False)]
+        encodings = self._counter.encode_batch_fast(texts, add_special_tokens=False)  # no offsets
+        return [len(e.ids) for e in encodings]
 
     def texts_of(self, token_arrays: list[list[int]]) -> list[str]:
         """Token arrays (ids of this model's tokenizer) as the texts they spell; InvalidInput
@@ -102,7 +104,7 @@ class Embedder:
             )
         started = time.perf_counter()
         vectors = np.empty((len(texts), 0), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         batches = [order[i : i + self._batch] for i in range(0, len(order), self._batch)]
         ids = [[encodings[i].ids for i in rows] for rows in batches]
         run = self._pool.map if self._pool and len(ids) > 1 else map

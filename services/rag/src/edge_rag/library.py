@@ -9,15 +9,16 @@ How a document is (re)written so that neither readers nor a crash ever see two v
 `recover()` (at startup) finishes or undoes whatever a crash left in flight.
 """
 
+import contextlib
 import hashlib
-import os
+import queue
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -25,12 +26,15 @@ from edge_common.protocol import rag as proto
 
 from edge_rag.chunking import Chunk, chunk_blocks
 from edge_rag.embed import Embedder
-from edge_rag.errors import InvalidInput, NotFound, UnsupportedDocument
-from edge_rag.loaders import MEDIA_TYPES, load, media_type_of
+from edge_rag.errors import InvalidInput, NotFound, RagError, UnsupportedDocument
+from edge_rag.loaders import MEDIA_TYPES, load, media_type_of, source_of
 from edge_rag.registry import Document, Registry
 from edge_rag.store import StoredChunk, VectorStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+AHEAD = 2
+"""Embedded batches the ingest's thread ahead may hold ready (of `batch` chunks each)."""
 IDS = uuid.UUID("6f1c54a3-3c1e-4f55-9b61-3c0e2f3f8a10")
 """Namespace of document and chunk ids (uuid5: the same input, the same id)."""
 
@@ -45,23 +49,108 @@ class Audit(msgspec.Struct, frozen=True, kw_only=True):
     """Chunks of no document, or of a generation the registry does not name."""
 
 
-def finish(steps: Generator[int, None, proto.FileResult]) -> proto.FileResult:
-    """Run an ingest (Library.ingest) to its end, ignoring its progress."""
-    while True:
+class Source(msgspec.Struct, frozen=True):
+    """A document to ingest."""
+
+    name: str
+    """Its `source`: what its hits and the registry name it by."""
+    read: Callable[[], bytes]
+    """Its bytes (called in the ingest's thread ahead, when its turn nears)."""
+    media_type: str = ""
+    """As declared ("": by the name's extension)."""
+
+    @classmethod
+    def of(cls, name: str, content: bytes, media_type: str = "") -> "Source":
+        return cls(name, lambda: content, media_type)
+
+
+Step = proto.Progress | proto.FileResult
+
+
+def results(steps: Iterator[Step]) -> list[proto.FileResult]:
+    """Run an ingest (Library.ingest) to its end: its documents' results."""
+    return [step for step in steps if isinstance(step, proto.FileResult)]
+
+
+class _Doc(msgspec.Struct, frozen=True, kw_only=True):
+    """A document read and chunked, to be (re)written."""
+
+    source: str
+    id: str
+    media: str
+    digest: str
+    chunks: list[Chunk]
+
+
+class _Batch(msgspec.Struct, frozen=True, kw_only=True):
+    """Chunks `start`.. of a document, embedded."""
+
+    doc: _Doc
+    start: int
+    vectors: Any
+    """float32 [chunks, dimension] (numpy)."""
+
+
+class _Writing(msgspec.Struct, kw_only=True):
+    """The document whose chunks are being stored."""
+
+    doc: _Doc
+    generation: int
+    replacing: bool
+    base: dict[str, Any]
+    """The payload every chunk of it carries."""
+    ids: list[str] = msgspec.field(default_factory=list)
+
+
+_END = object()
+
+
+class _Raised(msgspec.Struct, frozen=True):
+    error: BaseException
+
+
+@contextlib.contextmanager
+def _ahead(items: Iterator[T], depth: int) -> Iterator[Iterator[T]]:
+    """`items` made in a thread of their own, at most `depth` ahead of their reader (an error
+    in making one is raised to the reader there). Leaving the block stops the thread after
+    the item in hand and waits for it."""
+    ready: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        if not stop.is_set():  # once stopped, one put at most is under way: it fits
+            ready.put(item)
+
+    def make() -> None:
         try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+            for item in items:
+                if stop.is_set():
+                    return
+                put(item)
+            put(_END)
+        except BaseException as exc:  # the reader raises it
+            put(_Raised(exc))
+
+    def read() -> Iterator[T]:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+
+    thread = threading.Thread(target=make, name="ingest-ahead", daemon=True)
+    thread.start()
+    try:
+        yield read()
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                ready.get_nowait()
+        thread.join()
 
 
 def document_id(collection: str, source: str) -> str:
     return str(uuid.uuid5(IDS, f"{collection}\0{source}"))
-
-
-def source_of(path: Path) -> str:
-    """A file's path as its documents' `source`: a name's bytes that are not UTF-8 (a
-    filesystem takes any) written as `\\xNN` (the registry, the store and ids need text)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def files_under(paths: list[Path]) -> list[Path]:
@@ -78,6 +167,11 @@ def files_under(paths: list[Path]) -> list[Path]:
         else:
             raise InvalidInput(f"{path}: no such file or folder")
     return found
+
+
+def sources_under(paths: list[Path]) -> list[Source]:
+    """The documents `paths` name (files_under), each read when its turn nears."""
+    return [Source(source_of(p), p.read_bytes) for p in files_under(paths)]
 
 
 class Library:
@@ -99,11 +193,7 @@ class Library:
 
     # collections
     def ensure_collection(self, name: str) -> None:
-        row = self.registry.collection(name)
-        if row and row.model != self.embedder.model:
-            raise InvalidInput(
-                f"collection {name!r} was embedded with {row.model}, not {self.embedder.model}"
-            )
+        self.compatible(name)
         self.store.create(name, self.embedder.dimension)
         self.registry.add_collection(name, self.embedder.model, self.embedder.dimension)
 
@@ -113,75 +203,159 @@ class Library:
 
     # ingest
     def ingest(
-        self,
-        collection: str,
-        source: str,
-        content: bytes,
-        *,
-        media_type: str = "",
-        metadata: dict[str, str] | None = None,
-    ) -> Generator[int, None, proto.FileResult]:
-        """Ingest one document, yielding the chunks stored so far after each batch; returns
-        (StopIteration.value) its FileResult. Closing the generator early undoes it."""
-        media = media_type_of(source, media_type)
+        self, collection: str, sources: list[Source], *, metadata: dict[str, str] | None = None
+    ) -> Generator[Step, None, None]:
+        """Ingest `sources` in order (of two with one name, the last), yielding a Progress
+        after each batch of chunks stored and each document's FileResult when it ends (then a
+        Progress). A document that cannot be read, is of no supported type, has no text or
+        cannot be embedded fails alone (outcome `failed`, its batches stored taken out).
+
+        Reading, chunking and embedding run in a thread of their own, up to AHEAD batches
+        before the store and registry writes made here, so the embedder's cores do not wait
+        for those (nor for the next document's chunking). Closing the generator early stops
+        that thread and undoes the document in hand."""
+        self.compatible(collection)
+        sources = list({s.name: s for s in sources}.values())  # a name given twice: the last
+        files = stored = 0
+        writing: _Writing | None = None
+        with _ahead(self._embedded(collection, sources), AHEAD) as items:
+            try:
+                for item in items:
+                    if isinstance(item, _Batch):
+                        if item.start == 0:
+                            writing = self._begin(collection, item.doc, metadata or {})
+                        assert writing is not None  # a document's batches come in order
+                        self._write(collection, writing, item)
+                        yield proto.Progress(
+                            files_done=files,
+                            files_total=len(sources),
+                            chunks_done=stored + len(writing.ids),
+                            source=item.doc.source,
+                        )
+                        if item.start + len(item.vectors) < len(item.doc.chunks):
+                            continue
+                        result = self._commit(collection, writing)
+                        writing = None
+                    else:
+                        result = item
+                        if writing is not None:  # it failed after batches of it were stored
+                            self._settle(self.registry.document(collection, id=writing.doc.id))
+                            writing = None
+                    files += 1
+                    stored += result.chunks if result.outcome in ("added", "replaced") else 0
+                    yield result
+                    yield proto.Progress(
+                        files_done=files,
+                        files_total=len(sources),
+                        chunks_done=stored,
+                        source=result.source,
+                    )
+            finally:
+                if writing is not None:  # failed or closed early: take its pending chunks out
+                    self._settle(self.registry.document(collection, id=writing.doc.id))
+
+    def compatible(self, collection: str) -> None:
+        """InvalidInput if `collection` holds vectors of another embedder than this one."""
+        row = self.registry.collection(collection)
+        if row and row.model != self.embedder.model:
+            raise InvalidInput(
+                f"collection {collection!r} was embedded with {row.model},"
+                f" not {self.embedder.model}"
+            )
+
+    def _embedded(
+        self, collection: str, sources: list[Source]
+    ) -> Iterator[_Batch | proto.FileResult]:
+        """Each source's embedded batches, or its FileResult when it is unchanged or fails
+        (the ingest's thread ahead)."""
+        for source in sources:
+            try:
+                doc = self._prepare(collection, source)
+                if isinstance(doc, proto.FileResult):
+                    yield doc
+                    continue
+                for start in range(0, len(doc.chunks), self._batch):
+                    texts = [c.embedding_text() for c in doc.chunks[start : start + self._batch]]
+                    yield _Batch(doc=doc, start=start, vectors=self.embedder.embed(texts).vectors)
+            except (RagError, OSError) as exc:
+                log.warning("rag.file_failed", source=source.name, error=str(exc))
+                yield proto.FileResult(source=source.name, outcome="failed", error=str(exc))
+
+    def _prepare(self, collection: str, source: Source) -> _Doc | proto.FileResult:
+        """A source read and chunked, or its FileResult if its content is what is stored."""
+        content = source.read()
+        media = media_type_of(source.name, source.media_type)
         digest = hashlib.sha256(content).hexdigest()
-        doc_id = document_id(collection, source)
+        doc_id = document_id(collection, source.name)
         old = self.registry.document(collection, id=doc_id)
         if old and old.status == "ready" and old.content_hash == digest:
             return proto.FileResult(
-                source=source, outcome="unchanged", document_id=doc_id, chunks=len(old.chunk_ids)
+                source=source.name,
+                outcome="unchanged",
+                document_id=doc_id,
+                chunks=len(old.chunk_ids),
             )
         chunks = chunk_blocks(
-            load(source, content, media),
+            load(source.name, content, media),
             self.embedder.count_tokens,
             max_tokens=self._chunk_tokens,
             overlap=self._overlap,
         )
         if not chunks:
-            raise UnsupportedDocument(f"{source}: no text found")
-        self.ensure_collection(collection)
-        generation = self.registry.begin_ingest(
-            doc_id, collection, source, media, digest, len(chunks)
-        )
-        base = {"document_id": doc_id, "source": source, "media_type": media}
-        base |= {"generation": generation, "state": "pending", "metadata": metadata or {}}
-        ids: list[str] = []
-        committed = False
-        try:
-            for start in range(0, len(chunks), self._batch):
-                batch = chunks[start : start + self._batch]
-                ids += self._write(collection, doc_id, generation, batch, base)
-                yield len(ids)
-            with self._swap:
-                self.store.set_payload(
-                    collection, {"document_id": doc_id, "generation": generation}, {"state": "live"}
-                )
-                self.store.delete(collection, {"document_id": doc_id}, {"generation": generation})
-                self.registry.commit_ingest(doc_id, ids)
-                committed = True
-        finally:
-            if not committed:  # failed or closed early: take the pending chunks back out
-                self._settle(self.registry.document(collection, id=doc_id))
-        outcome = "replaced" if old and old.generation else "added"
-        log.info("rag.document_ingested", source=source, chunks=len(ids), outcome=outcome)
-        return proto.FileResult(source=source, outcome=outcome, document_id=doc_id, chunks=len(ids))
+            raise UnsupportedDocument(f"{source.name}: no text found")
+        return _Doc(source=source.name, id=doc_id, media=media, digest=digest, chunks=chunks)
 
-    def _write(
-        self, collection: str, doc_id: str, generation: int, batch: list[Chunk], base: dict
-    ) -> list[str]:
-        vectors = self.embedder.embed([c.embedding_text() for c in batch]).vectors
+    def _begin(self, collection: str, doc: _Doc, metadata: dict[str, str]) -> _Writing:
+        """The registry told a new generation of `doc` is in flight (before any chunk of it
+        is stored: what recover() reads after a crash)."""
+        self.ensure_collection(collection)
+        old = self.registry.document(collection, id=doc.id)
+        generation = self.registry.begin_ingest(
+            doc.id, collection, doc.source, doc.media, doc.digest, len(doc.chunks)
+        )
+        base = {"document_id": doc.id, "source": doc.source, "media_type": doc.media}
+        base |= {"generation": generation, "state": "pending", "metadata": metadata}
+        return _Writing(
+            doc=doc, generation=generation, replacing=bool(old and old.generation), base=base
+        )
+
+    def _write(self, collection: str, writing: _Writing, batch: _Batch) -> None:
+        """A batch's chunks stored `pending`."""
+        doc, generation = writing.doc, writing.generation
+        chunks = doc.chunks[batch.start : batch.start + len(batch.vectors)]
         stored = [
             StoredChunk(
-                id=str(uuid.uuid5(IDS, f"{doc_id}/{generation}/{c.index}")),
+                id=str(uuid.uuid5(IDS, f"{doc.id}/{generation}/{c.index}")),
                 vector=vector.tolist(),
                 text=c.text,
-                payload=base
+                payload=writing.base
                 | {"chunk": c.index, "text": c.text, "section": c.section, "page": c.page},
             )
-            for c, vector in zip(batch, vectors, strict=True)
+            for c, vector in zip(chunks, batch.vectors, strict=True)
         ]
         self.store.upsert(collection, stored)
-        return [s.id for s in stored]
+        writing.ids += [s.id for s in stored]
+
+    def _commit(self, collection: str, writing: _Writing) -> proto.FileResult:
+        """The document's new generation live and every other one gone, in one swap."""
+        doc = writing.doc
+        with self._swap:
+            self.store.set_payload(
+                collection,
+                {"document_id": doc.id, "generation": writing.generation},
+                {"state": "live"},
+            )
+            self.store.delete(
+                collection, {"document_id": doc.id}, {"generation": writing.generation}
+            )
+            self.registry.commit_ingest(doc.id, writing.ids)
+        outcome = "replaced" if writing.replacing else "added"
+        log.info(
+            "rag.document_ingested", source=doc.source, chunks=len(writing.ids), outcome=outcome
+        )
+        return proto.FileResult(
+            source=doc.source, outcome=outcome, document_id=doc.id, chunks=len(writing.ids)
+        )
 
     def optimize(self, collection: str) -> None:
         """Index what an ingest wrote (qdrant-edge builds its HNSW graph only when asked)."""

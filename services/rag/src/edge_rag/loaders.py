@@ -3,8 +3,9 @@ paragraph-sized piece with the headings above it and, for PDF, its page: what th
 packs and what a citation shows."""
 
 import io
+import os
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import msgspec
 
@@ -21,8 +22,19 @@ MEDIA_TYPES = {
 }
 PARAGRAPH = re.compile(r"\n\s*\n")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-HTML_BLOCKS = "h1,h2,h3,h4,h5,h6,p,li,pre,blockquote,td,th,dt,dd,figcaption"
+HTML_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+HTML_BLOCKS = HTML_HEADINGS | {"p", "li", "pre", "blockquote", "td", "th", "dt", "dd", "figcaption"}
 HTML_DROP = "script,style,noscript,template,nav,svg"
+HTML_MAX_DEPTH = 1000
+"""Deepest nesting of elements read (pages nest tens deep): lexbor builds a tree in time
+quadratic in its depth (8,000 levels 0.3 s, 100,000 levels 22 s)."""
+HTML_TAG = re.compile(rb"<(/?)([a-zA-Z][\w-]*)[^>]*>")
+HTML_UNNESTED = {
+    *("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"),
+    *("track", "wbr", "html", "head", "body", "p", "li", "dt", "dd", "tr", "td", "th"),
+    *("thead", "tbody", "tfoot", "option", "optgroup", "colgroup", "rb", "rt", "rp"),
+}
+"""Elements that never nest (void) or whose end tag may be left out: not counted."""
 
 
 class Block(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,13 +56,21 @@ def media_type_of(name: str, declared: str = "") -> str:
     return media
 
 
+def source_of(path: str | Path) -> str:
+    """A file's path as its documents' `source`: a name's bytes that are not UTF-8 (a
+    filesystem takes any) written as `\\xNN` (the registry, the store and ids need text)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def load(name: str, content: bytes, media_type: str) -> list[Block]:
     """The text blocks of a document (possibly none: a scanned PDF has no text layer)."""
+    if media_type != "application/pdf" and b"\0" in content:
+        raise UnsupportedDocument(f"{name}: binary data (NUL bytes), not text")
     match media_type:
         case "text/markdown":
             return _markdown(_decode(content))
         case "text/html":
-            return _html(content)
+            return _html(name, content)
         case "application/pdf":
             return _pdf(name, content)
         case _:
@@ -97,9 +117,29 @@ def _markdown(text: str) -> list[Block]:
     return blocks
 
 
-def _html(content: bytes) -> list[Block]:
-    from selectolax.lexbor import LexborHTMLParser
+def _html_depth(content: bytes) -> int:
+    """How deep the elements of a page nest, from its tags (before any parsing)."""
+    depth = deepest = 0
+    for tag in HTML_TAG.finditer(content):
+        if tag[2].lower().decode() in HTML_UNNESTED or tag[0].endswith(b"/>"):
+            continue
+        depth = max(0, depth - 1) if tag[1] else depth + 1
+        deepest = max(deepest, depth)
+    return deepest
 
+
+def _html(name: str, content: bytes) -> list[Block]:
+    """The text of each block element, in document order, under its heading path; text
+    outside any block element makes blocks too, and a block holding others (an li around a
+    p) gives its own text around them as blocks of their own. One pass over the tree, with
+    a stack of our own: pages nest deeper than recursion goes, and reading each block's
+    whole subtree would be quadratic in the nesting (20,000 nested items: a minute)."""
+    from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+    if (depth := _html_depth(content)) > HTML_MAX_DEPTH:
+        raise UnsupportedDocument(
+            f"{name}: elements nested {depth} deep, more than the {HTML_MAX_DEPTH} read"
+        )
     tree = LexborHTMLParser(content)
     for node in tree.css(HTML_DROP):
         node.decompose()
@@ -108,18 +148,36 @@ def _html(content: bytes) -> list[Block]:
         return []
     blocks: list[Block] = []
     headings: dict[int, str] = {}
-    for node in root.css(HTML_BLOCKS):
-        text = " ".join(node.text(separator=" ").split())
-        if not text:
-            continue
-        if node.tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            level = int(node.tag[1])
+    words: list[str] = []  # text since the last block boundary
+    inside: list[str] = []  # the block elements open around it, innermost last
+
+    def boundary() -> None:
+        nonlocal headings
+        text = " ".join(" ".join(words).split())
+        words.clear()
+        tag = inside[-1] if inside else ""
+        if text and tag in HTML_HEADINGS:
+            level = int(tag[1])
             headings = {k: v for k, v in headings.items() if k < level} | {level: text}
-            continue
-        if len(node.css(HTML_BLOCKS)) > 1:  # lexbor's css() includes the node itself
-            continue  # a container of blocks (li holding p): its children speak for it
-        section = " > ".join(headings[k] for k in sorted(headings))
-        blocks.append(Block(text=text, section=section))
+        elif text:
+            section = " > ".join(headings[k] for k in sorted(headings))
+            blocks.append(Block(text=text, section=section))
+
+    stack: list[tuple[LexborNode, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            boundary()
+            inside.pop()
+        elif node.tag == "-text":
+            words.append(node.text(deep=False))
+        elif node.tag != "-comment":
+            if node.tag in HTML_BLOCKS:
+                boundary()
+                inside.append(node.tag)
+                stack.append((node, True))
+            stack.extend((child, False) for child in reversed(list(node.iter(include_text=True))))
+    boundary()
     return blocks
 
 

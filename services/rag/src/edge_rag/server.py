@@ -5,7 +5,7 @@ progress events, keepalives, cancel, watchdog, drain). RagError -> micro error, 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,13 +20,11 @@ from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter
 
 from edge_rag.errors import InvalidInput, RagError
-from edge_rag.library import Library, files_under, source_of
+from edge_rag.library import Library, Source, Step, sources_under
 
 log = structlog.get_logger(__name__)
 INGESTS = Counter("edge_rag_ingests", "Ingests ended", ["outcome"])
 CHUNKS = Counter("edge_rag_chunks_ingested", "Chunks embedded and stored by ingests")
-Source = tuple[str, Callable[[], bytes], str]
-"""(the document's source name, a reader of its bytes, its declared media type)."""
 
 
 class _CpuTurn:
@@ -66,33 +64,16 @@ class IngestJob:
     async def events(self) -> AsyncIterator[proto.Progress | proto.Ingested]:
         started = self.progress_at = time.monotonic()
         results: list[proto.FileResult] = []
-        total = len(self._sources)
-        for done, (source, read, media) in enumerate(self._sources):
-            try:
-                content = await asyncio.to_thread(read)
-                steps = self._library.ingest(
-                    self.collection, source, content, media_type=media, metadata=self.metadata
-                )
-                while isinstance(step := await _step(steps), int):
-                    self.progress_at = time.monotonic()
-                    yield proto.Progress(
-                        files_done=done,
-                        files_total=total,
-                        chunks_done=self.chunks + step,
-                        source=source,
-                    )
-                result = step
-            except (RagError, OSError) as exc:
-                log.warning("rag.file_failed", source=source, error=str(exc))
-                result = proto.FileResult(source=source, outcome="failed", error=str(exc))
-            if result.outcome in ("added", "replaced"):
-                self.chunks += result.chunks
-                CHUNKS.inc(result.chunks)
-            results.append(result)
+        steps = self._library.ingest(self.collection, self._sources, metadata=self.metadata)
+        while (step := await _step(steps)) is not None:
             self.progress_at = time.monotonic()
-            yield proto.Progress(
-                files_done=done + 1, files_total=total, chunks_done=self.chunks, source=source
-            )
+            if isinstance(step, proto.Progress):
+                yield step
+                continue
+            results.append(step)
+            if step.outcome in ("added", "replaced"):
+                self.chunks += step.chunks
+                CHUNKS.inc(step.chunks)
         await asyncio.to_thread(self._library.optimize, self.collection)
         seconds = round(time.monotonic() - started, 3)
         yield proto.Ingested(
@@ -100,15 +81,12 @@ class IngestJob:
         )
 
 
-async def _step(steps: Any) -> int | proto.FileResult:
-    """The ingest's next step in a thread; on cancel, the batch in hand finishes and the
-    ingest is closed (which takes its pending chunks back out)."""
+async def _step(steps: Iterator[Step]) -> Step | None:
+    """The ingest's next step (None: it ended) in a thread; on cancel, the batch in hand
+    finishes and the ingest is closed (which takes its pending chunks back out)."""
 
-    def advance() -> int | proto.FileResult:
-        try:
-            return next(steps)
-        except StopIteration as end:
-            return end.value
+    def advance() -> Step | None:
+        return next(steps, None)
 
     task = asyncio.ensure_future(asyncio.to_thread(advance))
     try:
@@ -145,13 +123,11 @@ class RagServer:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn` in a thread, with the NPU lease when the embedder is on the NPU; a RagError
         becomes the micro error the caller sees."""
-        try:
+        with _told():
             if self._lease is None:
                 return await asyncio.to_thread(fn, *args)
             async with self._lease.hold(self.library.embedder.model):
                 return await asyncio.to_thread(fn, *args)
-        except RagError as exc:
-            raise ServiceError(exc.code, exc.message) from None
 
     async def on_embed(self, req: Request) -> None:
         request = self.worker.take(req, proto.decode_embed, "embed")
@@ -188,19 +164,16 @@ class RagServer:
         request = self.worker.take(req, proto.decode_ingest, "ingest")
         if request.paths:
             raise ServiceError("invalid_request", "paths are taken on rag.ingest_paths only")
-        sources = [(f.name, _reader(f.content), f.media_type) for f in request.files]
+        sources = [Source.of(f.name, f.content, f.media_type) for f in request.files]
         await self._accept(req, request, sources)
 
     async def on_ingest_paths(self, req: Request) -> None:
         request = self.worker.take(req, proto.decode_ingest, "ingest")
-        try:
+        with _told():
             if any(not Path(p).is_absolute() for p in request.paths):
                 raise InvalidInput("paths must be absolute")
-            files = await asyncio.to_thread(files_under, [Path(p) for p in request.paths])
-        except RagError as exc:
-            raise ServiceError(exc.code, exc.message) from None
-        sources = [(source_of(p), p.read_bytes, "") for p in files]
-        sources += [(f.name, _reader(f.content), f.media_type) for f in request.files]
+            sources = await asyncio.to_thread(sources_under, [Path(p) for p in request.paths])
+        sources += [Source.of(f.name, f.content, f.media_type) for f in request.files]
         await self._accept(req, request, sources)
 
     async def _accept(
@@ -208,6 +181,8 @@ class RagServer:
     ) -> None:
         if not sources:
             raise ServiceError("invalid_request", "nothing to ingest: no files given or found")
+        with _told():  # refused now, not as every file's failure
+            self.library.compatible(request.collection)
         self.worker.accepted(IngestJob(self.library, request, sources))
         accepted = wire.Accepted(prompt_tokens=0, instance=self.worker.instance)
         await req.respond(wire.encode(accepted))
@@ -230,8 +205,13 @@ class RagServer:
         log.info("rag.ingest_ended", outcome=outcome, **job.summary())
 
 
-def _reader(content: bytes) -> Callable[[], bytes]:
-    return lambda: content
+@contextlib.contextmanager
+def _told() -> Iterator[None]:
+    """A RagError raised inside becomes the micro error the caller sees."""
+    try:
+        yield
+    except RagError as exc:
+        raise ServiceError(exc.code, exc.message) from None
 
 
 async def _nothing(_: IngestJob) -> None:
