@@ -92,7 +92,10 @@ def test_raw_sse_framing(http: httpx.Client, model: str) -> None:
 def test_max_tokens_gives_length(client: OpenAI, model: str) -> None:
     """max_tokens=5 ends with finish_reason length and exactly 5 completion tokens."""
     got = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=5
+        model=model,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        temperature=0,  # sampled, an answer could end sooner
+        max_tokens=5,
     )
     assert got.choices[0].finish_reason == "length"
     assert got.usage.completion_tokens == 5
@@ -115,10 +118,12 @@ def test_stop_sequence_stops_output(client: OpenAI, model: str) -> None:
 
 
 async def test_async_stream(aclient: AsyncOpenAI, model: str) -> None:
-    """The async client streams the same way."""
+    """The async client streams the same way (greedy, on a prompt whose answer is long: a
+    sampled answer to a short question may end before max_tokens)."""
     stream = await aclient.chat.completions.create(
         model=model,
-        messages=QUESTION,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        temperature=0,
         max_tokens=8,
         stream=True,
         stream_options={"include_usage": True},
