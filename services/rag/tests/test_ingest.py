@@ -154,7 +154,7 @@ def test_hostile_files_fail_alone_or_are_cut_to_size(library: Library) -> None:
     ]
     deep_r, blob, line, after = results(library.ingest("docs", sources))
     assert (deep_r.outcome, blob.outcome) == ("failed", "failed")
-    assert "nested 20000 deep" in deep_r.error
+    assert "nested 20000 deep, over the limit of 1000" in deep_r.error
     assert "binary data" in blob.error
     assert (line.outcome, after.outcome) == ("added", "added")
     hits = library.search(
@@ -178,3 +178,18 @@ def test_a_name_given_twice_is_ingested_once_with_its_last_content(library: Libr
     assert hits
     assert all("fog" in h.text for h in hits)
     assert library.audit("docs").chunks == result.chunks
+
+
+def test_text_in_utf16_and_latin1_is_read_as_text(library: Library) -> None:
+    """A UTF-16 file with its byte order mark (NUL bytes, yet text) and a Latin-1 one (not
+    UTF-8) are ingested with their accented letters intact."""
+    text = "Le café crème est servi à la terrasse du phare chaque matin."
+    sources = [
+        Source.of("utf16.txt", text.encode("utf-16")),
+        Source.of("latin1.txt", text.replace("phare", "port").encode("latin-1")),
+    ]
+    assert [r.outcome for r in results(library.ingest("docs", sources))] == ["added", "added"]
+    hits = library.search(
+        proto.SearchRequest(request_id="s", collection="docs", query="café crème", top_k=5)
+    ).hits
+    assert sorted(h.text for h in hits) == sorted([text, text.replace("phare", "port")])

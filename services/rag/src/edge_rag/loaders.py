@@ -2,6 +2,7 @@
 paragraph-sized piece with the headings above it and, for PDF, its page: what the chunker
 packs and what a citation shows."""
 
+import codecs
 import io
 import os
 import re
@@ -64,6 +65,8 @@ def source_of(path: str | Path) -> str:
 
 def load(name: str, content: bytes, media_type: str) -> list[Block]:
     """The text blocks of a document (possibly none: a scanned PDF has no text layer)."""
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        content = content.decode("utf-16", errors="replace").encode()
     if media_type != "application/pdf" and b"\0" in content:
         raise UnsupportedDocument(f"{name}: binary data (NUL bytes), not text")
     match media_type:
@@ -78,7 +81,13 @@ def load(name: str, content: bytes, media_type: str) -> list[Block]:
 
 
 def _decode(content: bytes) -> str:
-    return content.decode("utf-8-sig", errors="replace").replace("\r\n", "\n")
+    """UTF-8 (a UTF-16 file with its byte order mark was made UTF-8 above); text that is
+    not UTF-8 is read as Windows-1252, what Latin-1 files of old archives are."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = content.decode("cp1252", errors="replace")
+    return text.replace("\r\n", "\n")
 
 
 def _paragraphs(text: str, section: str = "", page: int | None = None) -> list[Block]:
@@ -138,7 +147,7 @@ def _html(name: str, content: bytes) -> list[Block]:
 
     if (depth := _html_depth(content)) > HTML_MAX_DEPTH:
         raise UnsupportedDocument(
-            f"{name}: elements nested {depth} deep, more than the {HTML_MAX_DEPTH} read"
+            f"{name}: elements nested {depth} deep, over the limit of {HTML_MAX_DEPTH}"
         )
     tree = LexborHTMLParser(content)
     for node in tree.css(HTML_DROP):
