@@ -113,12 +113,14 @@ def chunk_blocks(
     fresh = 0  # pieces of `current` not yet in an emitted chunk
 
     def emit() -> None:
-        text = "\n\n".join(p.text for p in current)
-        tokens = sum(p.tokens for p in current)
-        first = current[0]
+        run = _joined(current, "\n\n")
         chunks.append(
             Chunk(
-                index=len(chunks), text=text, section=first.section, page=first.page, tokens=tokens
+                index=len(chunks),
+                text=run.text,
+                section=run.section,
+                page=run.page,
+                tokens=run.tokens,
             )
         )
 

@@ -80,6 +80,9 @@ class _Doc(msgspec.Struct, frozen=True, kw_only=True):
     media: str
     digest: str
     chunks: list[Chunk]
+    replacing: bool
+    """A version of it is stored (the outcome is `replaced`): read ahead, and still so when
+    it is written (an ingest writes each name once; deletes wait for the ingest's turn)."""
 
 
 class _Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,7 +99,6 @@ class _Writing(msgspec.Struct, kw_only=True):
 
     doc: _Doc
     generation: int
-    replacing: bool
     base: dict[str, Any]
     """The payload every chunk of it carries."""
     ids: list[str] = msgspec.field(default_factory=list)
@@ -303,21 +305,25 @@ class Library:
         )
         if not chunks:
             raise UnsupportedDocument(f"{source.name}: no text found")
-        return _Doc(source=source.name, id=doc_id, media=media, digest=digest, chunks=chunks)
+        return _Doc(
+            source=source.name,
+            id=doc_id,
+            media=media,
+            digest=digest,
+            chunks=chunks,
+            replacing=bool(old and old.generation),
+        )
 
     def _begin(self, collection: str, doc: _Doc, metadata: dict[str, str]) -> _Writing:
         """The registry told a new generation of `doc` is in flight (before any chunk of it
         is stored: what recover() reads after a crash)."""
         self.ensure_collection(collection)
-        old = self.registry.document(collection, id=doc.id)
         generation = self.registry.begin_ingest(
             doc.id, collection, doc.source, doc.media, doc.digest, len(doc.chunks)
         )
         base = {"document_id": doc.id, "source": doc.source, "media_type": doc.media}
         base |= {"generation": generation, "state": "pending", "metadata": metadata}
-        return _Writing(
-            doc=doc, generation=generation, replacing=bool(old and old.generation), base=base
-        )
+        return _Writing(doc=doc, generation=generation, base=base)
 
     def _write(self, collection: str, writing: _Writing, batch: _Batch) -> None:
         """A batch's chunks stored `pending`."""
@@ -349,7 +355,7 @@ class Library:
                 collection, {"document_id": doc.id}, {"generation": writing.generation}
             )
             self.registry.commit_ingest(doc.id, writing.ids)
-        outcome = "replaced" if writing.replacing else "added"
+        outcome = "replaced" if doc.replacing else "added"
         log.info(
             "rag.document_ingested", source=doc.source, chunks=len(writing.ids), outcome=outcome
         )
